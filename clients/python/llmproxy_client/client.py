@@ -1,0 +1,239 @@
+"""Thin clients over the generated stubs: credentials, deadlines, and stream iteration."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+
+from llmproxy.v1 import llmproxy_pb2 as pb
+from llmproxy.v1 import llmproxy_pb2_grpc
+
+Messages = Sequence[tuple[str, str]]  # (role, content): role is system, user or assistant
+
+_ROLES = {"system": pb.ROLE_SYSTEM, "user": pb.ROLE_USER, "assistant": pb.ROLE_ASSISTANT}
+
+
+@dataclass
+class QueryResult:
+    """A whole answer, gathered from a Query stream."""
+
+    text: str
+    done: pb.StreamDone
+    request_id: str
+    events: list[pb.QueryResponse] = field(default_factory=list, repr=False)
+
+
+def to_result(events: list[pb.QueryResponse]) -> QueryResult:
+    text = "".join(e.delta.text for e in events if e.WhichOneof("event") == "delta")
+    done = next((e.done for e in events if e.WhichOneof("event") == "done"), pb.StreamDone())
+    return QueryResult(text, done, events[0].request_id if events else "", events)
+
+
+def build_query_request(
+    query: str = "",
+    *,
+    messages: Messages = (),
+    model: str = "",
+    task_type: str = "",
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+    top_p: float | None = None,
+    stop: Sequence[str] = (),
+    seed: int | None = None,
+    request_id: str = "",
+    cache: pb.CacheOptions | None = None,
+    route_key: str = "",
+) -> pb.QueryRequest:
+    return pb.QueryRequest(
+        query=query,
+        messages=[pb.Message(role=_ROLES[role], content=content) for role, content in messages],
+        model=model,
+        task_type=task_type,
+        parameters=build_parameters(temperature, max_tokens, top_p, stop, seed),
+        request_id=request_id,
+        cache=cache,
+        route_key=route_key,
+    )
+
+
+def build_parameters(temperature=None, max_tokens=None, top_p=None, stop=(), seed=None):
+    params = pb.Parameters(stop=list(stop))
+    if temperature is not None:
+        params.temperature = temperature
+    if max_tokens is not None:
+        params.max_tokens = max_tokens
+    if top_p is not None:
+        params.top_p = top_p
+    if seed is not None:
+        params.seed = seed
+    return params
+
+
+def _metadata(api_key: str | None, extra: Sequence[tuple[str, str]] = ()) -> list[tuple[str, str]]:
+    md = [("authorization", f"Bearer {api_key}")] if api_key else []
+    return md + list(extra)
+
+
+class AsyncLLMProxyClient:
+    """Async client; use as `async with AsyncLLMProxyClient("localhost:50051") as client:`."""
+
+    def __init__(
+        self,
+        target: str = "localhost:50051",
+        *,
+        api_key: str | None = None,
+        timeout: float | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        channel: grpc.aio.Channel | None = None,
+    ) -> None:
+        if channel is None:
+            channel = (
+                grpc.aio.secure_channel(target, credentials)
+                if credentials
+                else grpc.aio.insecure_channel(target)
+            )
+        self.channel = channel
+        self.stub = llmproxy_pb2_grpc.LLMProxyStub(channel)
+        self.api_key = api_key
+        self.timeout = timeout
+
+    async def __aenter__(self) -> AsyncLLMProxyClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    def stream(
+        self,
+        request: pb.QueryRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> AsyncIterator[pb.QueryResponse]:
+        """Query events as they arrive: start, deltas, done."""
+        return self.stub.Query(
+            request, timeout=timeout or self.timeout, metadata=_metadata(self.api_key, metadata)
+        )
+
+    async def query(self, query: str = "", **kwargs) -> QueryResult:
+        """Send a Query and gather the whole answer."""
+        timeout = kwargs.pop("timeout", None)
+        metadata = kwargs.pop("metadata", ())
+        request = build_query_request(query, **kwargs)
+        return to_result(
+            [e async for e in self.stream(request, timeout=timeout, metadata=metadata)]
+        )
+
+    def parallel(
+        self,
+        request: pb.ParallelQueryRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> AsyncIterator[pb.ParallelQueryResponse]:
+        return self.stub.ParallelQuery(
+            request, timeout=timeout or self.timeout, metadata=_metadata(self.api_key, metadata)
+        )
+
+    async def status(
+        self, *, refresh: bool = False, timeout: float | None = None
+    ) -> pb.StatusResponse:
+        return await self.stub.Status(
+            pb.StatusRequest(refresh=refresh),
+            timeout=timeout or self.timeout,
+            metadata=_metadata(self.api_key),
+        )
+
+    async def download(
+        self,
+        content: str,
+        fmt: pb.DocumentFormat = pb.DOCUMENT_FORMAT_TXT,
+        filename: str = "",
+        *,
+        timeout: float | None = None,
+    ) -> pb.DownloadResponse:
+        return await self.stub.Download(
+            pb.DownloadRequest(content=content, format=fmt, filename=filename),
+            timeout=timeout or self.timeout,
+            metadata=_metadata(self.api_key),
+        )
+
+
+class LLMProxyClient:
+    """Blocking client for scripts; same methods as the async one."""
+
+    def __init__(
+        self,
+        target: str = "localhost:50051",
+        *,
+        api_key: str | None = None,
+        timeout: float | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        self.channel = (
+            grpc.secure_channel(target, credentials)
+            if credentials
+            else grpc.insecure_channel(target)
+        )
+        self.stub = llmproxy_pb2_grpc.LLMProxyStub(self.channel)
+        self.api_key = api_key
+        self.timeout = timeout
+
+    def __enter__(self) -> LLMProxyClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def stream(
+        self,
+        request: pb.QueryRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> Iterator[pb.QueryResponse]:
+        return self.stub.Query(
+            request, timeout=timeout or self.timeout, metadata=_metadata(self.api_key, metadata)
+        )
+
+    def query(self, query: str = "", **kwargs) -> QueryResult:
+        timeout = kwargs.pop("timeout", None)
+        metadata = kwargs.pop("metadata", ())
+        request = build_query_request(query, **kwargs)
+        return to_result(list(self.stream(request, timeout=timeout, metadata=metadata)))
+
+    def parallel(
+        self, request: pb.ParallelQueryRequest, *, timeout: float | None = None
+    ) -> Iterator[pb.ParallelQueryResponse]:
+        return self.stub.ParallelQuery(
+            request, timeout=timeout or self.timeout, metadata=_metadata(self.api_key)
+        )
+
+    def status(self, *, refresh: bool = False, timeout: float | None = None) -> pb.StatusResponse:
+        return self.stub.Status(
+            pb.StatusRequest(refresh=refresh),
+            timeout=timeout or self.timeout,
+            metadata=_metadata(self.api_key),
+        )
+
+    def download(
+        self,
+        content: str,
+        fmt: pb.DocumentFormat = pb.DOCUMENT_FORMAT_TXT,
+        filename: str = "",
+        *,
+        timeout: float | None = None,
+    ) -> pb.DownloadResponse:
+        return self.stub.Download(
+            pb.DownloadRequest(content=content, format=fmt, filename=filename),
+            timeout=timeout or self.timeout,
+            metadata=_metadata(self.api_key),
+        )

@@ -1,0 +1,155 @@
+"""The composition root: builds every component from Settings and owns their lifetimes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import grpc
+import httpx
+from aiohttp import web
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
+
+from llmproxy.server.api.http import build_http_app
+from llmproxy.server.api.servicer import LLMProxyServicer
+from llmproxy.server.config import Settings
+from llmproxy.server.config.providers import ProviderConfig
+from llmproxy.server.core.catalog import Catalog
+from llmproxy.server.core.deployments import Deployment
+from llmproxy.server.core.executor import Executor
+from llmproxy.server.core.parallel import ParallelQueryService
+from llmproxy.server.core.query import QueryService
+from llmproxy.server.core.router import Router
+from llmproxy.server.core.status import StatusService
+from llmproxy.server.interceptors import build_interceptors
+from llmproxy.server.providers.base import Provider, ProviderSettings
+from llmproxy.server.providers.http import HttpClientSettings, build_http_client
+from llmproxy.server.providers.keys import KeyPool
+from llmproxy.server.providers.registry import provider_class
+from llmproxy.v1 import llmproxy_pb2, llmproxy_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = llmproxy_pb2.DESCRIPTOR.services_by_name["LLMProxy"].full_name
+
+
+def build_provider(
+    config: ProviderConfig, settings: Settings
+) -> tuple[Provider, httpx.AsyncClient | None]:
+    cls = provider_class(config.type)
+    client = None
+    if cls.uses_http:
+        http = config.http or settings.http_client
+        client = build_http_client(HttpClientSettings(**http.model_dump()))
+    provider_settings = ProviderSettings(
+        name=config.name,
+        type=config.type,
+        base_url=config.base_url,
+        headers=dict(config.headers),
+        options=dict(config.options),
+    )
+    return cls(provider_settings, client, KeyPool(list(config.api_keys))), client
+
+
+@dataclass
+class App:
+    """Everything one running gateway owns; no module-level state lives elsewhere."""
+
+    settings: Settings
+    catalog: Catalog
+    queries: QueryService
+    parallel: ParallelQueryService
+    status: StatusService
+    registry: CollectorRegistry
+    http_clients: list[httpx.AsyncClient]
+    server: grpc.aio.Server | None = None
+    health: health.aio.HealthServicer | None = None
+    grpc_port: int = 0
+    http_port: int = 0
+    _http_runner: web.AppRunner | None = None
+    _serving: bool = field(default=False)
+
+    async def start(self) -> None:
+        cfg = self.settings.server
+        self.server = grpc.aio.server(
+            interceptors=build_interceptors(self),
+            maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,
+            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 16 << 20)],
+        )
+        servicer = LLMProxyServicer(self.queries, self.parallel, self.status)
+        llmproxy_pb2_grpc.add_LLMProxyServicer_to_server(servicer, self.server)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        if cfg.reflection:
+            reflection.enable_server_reflection(
+                (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+            )
+        address = f"{cfg.host}:{cfg.grpc_port}"
+        self.grpc_port = self._bind(address)
+        await self.server.start()
+        if cfg.http_port >= 0:
+            runner = web.AppRunner(
+                build_http_app(self.registry, lambda: self._serving), access_log=None
+            )
+            await runner.setup()
+            site = web.TCPSite(runner, cfg.host, cfg.http_port)
+            await site.start()
+            self._http_runner = runner
+            self.http_port = runner.addresses[0][1]
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._serving = True
+        log.info(
+            "llmproxy serving", extra={"grpc_port": self.grpc_port, "http_port": self.http_port}
+        )
+
+    def _bind(self, address: str) -> int:
+        assert self.server is not None
+        tls = self.settings.tls
+        if tls is not None and tls.cert_file:
+            from llmproxy.server.interceptors.tls import server_credentials
+
+            return self.server.add_secure_port(address, server_credentials(tls))
+        return self.server.add_insecure_port(address)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: health goes NOT_SERVING, new RPCs are refused, in-flight ones get `grace`."""
+        grace = self.settings.server.grace_period_s if grace is None else grace
+        self._serving = False
+        if self.health is not None:
+            await self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            await self.server.stop(grace)
+        if self._http_runner is not None:
+            await self._http_runner.cleanup()
+        await asyncio.gather(*(c.aclose() for c in self.http_clients), return_exceptions=True)
+        log.info("llmproxy stopped")
+
+
+def build_app(settings: Settings) -> App:
+    providers: dict[str, Provider] = {}
+    clients: list[httpx.AsyncClient] = []
+    for config in settings.providers:
+        provider, client = build_provider(config, settings)
+        providers[config.name] = provider
+        if client is not None:
+            clients.append(client)
+    deployments = [Deployment(m, providers[m.provider]) for m in settings.models]
+    catalog = Catalog(deployments, settings.groups, settings.routing)
+    queries = QueryService(Router(catalog), Executor())
+    return App(
+        settings=settings,
+        catalog=catalog,
+        queries=queries,
+        parallel=ParallelQueryService(queries),
+        status=StatusService(
+            catalog,
+            ttl_s=settings.server.health_check_ttl_s,
+            timeout_s=settings.server.health_check_timeout_s,
+        ),
+        registry=CollectorRegistry(),
+        http_clients=clients,
+    )

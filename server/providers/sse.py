@@ -1,0 +1,61 @@
+"""Incremental Server-Sent Events parsing, tolerant of events split across reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class SSEEvent:
+    event: str
+    data: str
+
+
+class SSEParser:
+    """Feed raw bytes as they arrive; get back every event completed by them.
+
+    Follows the WHATWG framing: lines end in LF, CRLF or CR; a blank line ends
+    an event; `data:` lines join with LF; comment lines (`:`) are ignored.
+    """
+
+    __slots__ = ("_buffer", "_data", "_event")
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._data: list[str] = []
+        self._event = ""
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        buf = self._buffer + chunk
+        # A trailing CR may be the first half of a CRLF still on its way.
+        held = b""
+        if buf.endswith(b"\r"):
+            buf, held = buf[:-1], b"\r"
+        if b"\r" in buf:
+            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        lines = buf.split(b"\n")
+        self._buffer = lines.pop() + held
+        events: list[SSEEvent] = []
+        for raw in lines:
+            if not raw:
+                if self._data:
+                    events.append(SSEEvent(self._event or "message", "\n".join(self._data)))
+                self._data = []
+                self._event = ""
+                continue
+            line = raw.decode("utf-8")
+            if line[0] == ":":
+                continue
+            name, _, value = line.partition(":")
+            if value[:1] == " ":
+                value = value[1:]
+            if name == "data":
+                self._data.append(value)
+            elif name == "event":
+                self._event = value
+        return events
+
+    @property
+    def pending(self) -> bool:
+        """True when bytes or fields of an unfinished event are buffered."""
+        return bool(self._buffer or self._data)
