@@ -109,6 +109,10 @@ class Usage:
     output_tokens: int = 0
     cached_input_tokens: int = 0
     estimated: bool = False
+    # Replayed from the gateway's own cache (or shared from another caller's in-flight
+    # call): the counts are the original answer's, but no upstream tokens were spent,
+    # so the cost of this answer is zero.
+    from_cache: bool = False
 
     @property
     def total_tokens(self) -> int:
