@@ -25,6 +25,7 @@ from llmproxy.server.core.query import QueryService
 from llmproxy.server.core.router import Router
 from llmproxy.server.core.status import StatusService
 from llmproxy.server.interceptors import build_interceptors
+from llmproxy.server.observability.metrics import Metrics
 from llmproxy.server.providers.base import Provider, ProviderSettings
 from llmproxy.server.providers.http import HttpClientSettings, build_http_client
 from llmproxy.server.providers.keys import KeyPool
@@ -65,6 +66,7 @@ class App:
     status: StatusService
     registry: CollectorRegistry
     http_clients: list[httpx.AsyncClient]
+    metrics: Metrics
     server: grpc.aio.Server | None = None
     health: health.aio.HealthServicer | None = None
     grpc_port: int = 0
@@ -139,6 +141,8 @@ def build_app(settings: Settings) -> App:
             clients.append(client)
     deployments = [Deployment(m, providers[m.provider]) for m in settings.models]
     catalog = Catalog(deployments, settings.groups, settings.routing)
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, models=catalog.known_names(), providers=providers)
     queries = QueryService(Router(catalog), Executor())
     return App(
         settings=settings,
@@ -150,6 +154,7 @@ def build_app(settings: Settings) -> App:
             ttl_s=settings.server.health_check_ttl_s,
             timeout_s=settings.server.health_check_timeout_s,
         ),
-        registry=CollectorRegistry(),
+        registry=registry,
         http_clients=clients,
+        metrics=metrics,
     )

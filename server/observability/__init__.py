@@ -1,0 +1,1 @@
+"""Metrics and tracing support the interceptors and the core report through."""

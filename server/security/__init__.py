@@ -1,0 +1,1 @@
+"""Credentials and limits: API keys, JWTs, client certificates and token buckets."""
