@@ -27,6 +27,7 @@ _CONTEXT_HINTS = (
     "context window",
     "prompt is too long",
     "input is too long",
+    "exceeds the maximum number of tokens",
 )
 
 
@@ -74,6 +75,18 @@ def classify_status(
     if 400 <= status < 500:
         return UpstreamInvalidRequestError(text, **kwargs)
     return UpstreamUnavailableError(text, **kwargs)
+
+
+def key_cooldown_s(error: UpstreamError) -> float | None:
+    """How long the key that drew `error` should rest; None when the key is not to blame.
+
+    By class, not status: some providers refuse a bad key with a 400 (Gemini).
+    """
+    if isinstance(error, UpstreamRateLimitedError):
+        return error.retry_after or 1.0
+    if isinstance(error, UpstreamAuthError):
+        return 300.0
+    return None
 
 
 def classify_transport_error(exc: Exception, *, provider: str) -> UpstreamError:

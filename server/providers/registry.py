@@ -12,6 +12,7 @@ from llmproxy.server.providers.base import Provider
 # type name -> "module:Class", imported on first use so an unused adapter costs nothing.
 PROVIDER_TYPES: dict[str, str] = {
     "mock": "llmproxy.server.providers.mock:MockProvider",
+    "anthropic": "llmproxy.server.providers.anthropic:AnthropicProvider",
     "openai_compatible": "llmproxy.server.providers.openai_compat:OpenAICompatibleProvider",
 }
 
