@@ -17,6 +17,9 @@ from llmproxy.server.api.http import build_http_app
 from llmproxy.server.api.servicer import LLMProxyServicer
 from llmproxy.server.config import Settings
 from llmproxy.server.config.providers import ProviderConfig
+from llmproxy.server.core.accounting.service import Accounting, build_accounting
+from llmproxy.server.core.caching.stage import ResponseCache
+from llmproxy.server.core.caching.wiring import build_cache
 from llmproxy.server.core.catalog import Catalog
 from llmproxy.server.core.deployments import Deployment
 from llmproxy.server.core.executor import Executor
@@ -67,6 +70,10 @@ class App:
     registry: CollectorRegistry
     http_clients: list[httpx.AsyncClient]
     metrics: Metrics
+    # The response cache, when enabled: App.stop closes its Redis client.
+    cache: ResponseCache | None = None
+    # Cost, budgets and the usage ledger: App.start/stop run its ledger writer.
+    accounting: Accounting | None = None
     server: grpc.aio.Server | None = None
     health: health.aio.HealthServicer | None = None
     grpc_port: int = 0
@@ -76,12 +83,14 @@ class App:
 
     async def start(self) -> None:
         cfg = self.settings.server
+        if self.accounting is not None:
+            await self.accounting.start()
         self.server = grpc.aio.server(
             interceptors=build_interceptors(self),
             maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,
             options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 16 << 20)],
         )
-        servicer = LLMProxyServicer(self.queries, self.parallel, self.status)
+        servicer = LLMProxyServicer(self.queries, self.parallel, self.status, usage=self.accounting)
         llmproxy_pb2_grpc.add_LLMProxyServicer_to_server(servicer, self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -123,11 +132,20 @@ class App:
         self._serving = False
         if self.health is not None:
             await self.health.enter_graceful_shutdown()
+        if self.settings.server.drain_delay_s:
+            await asyncio.sleep(self.settings.server.drain_delay_s)
         if self.server is not None:
             await self.server.stop(grace)
+            # Drop it while the loop runs: grpc's __del__ schedules work on the loop.
+            self.server = None
+        if self.accounting is not None:
+            # After the drain: every finished request's record is in the DB before we return.
+            await self.accounting.stop()
         if self._http_runner is not None:
             await self._http_runner.cleanup()
         await asyncio.gather(*(c.aclose() for c in self.http_clients), return_exceptions=True)
+        if self.cache is not None:
+            await self.cache.close()
         log.info("llmproxy stopped")
 
 
@@ -143,7 +161,10 @@ def build_app(settings: Settings) -> App:
     catalog = Catalog(deployments, settings.groups, settings.routing)
     registry = CollectorRegistry()
     metrics = Metrics(registry, models=catalog.known_names(), providers=providers)
-    queries = QueryService(Router(catalog), Executor())
+    cache = build_cache(settings.cache)
+    queries = QueryService(Router(catalog), Executor(), cache=cache)
+    accounting = build_accounting(settings, catalog, registry)
+    queries.accounting = accounting.stage
     return App(
         settings=settings,
         catalog=catalog,
@@ -156,5 +177,7 @@ def build_app(settings: Settings) -> App:
         ),
         registry=registry,
         http_clients=clients,
+        accounting=accounting,
+        cache=cache,
         metrics=metrics,
     )

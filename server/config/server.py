@@ -13,6 +13,9 @@ class ServerConfig(Section):
     # Serves /metrics, /healthz and the REST shim; 0 picks a free port, -1 disables it.
     http_port: int = Field(8080, ge=-1, le=65535)
     grace_period_s: float = Field(20.0, ge=0)
+    # Health reports NOT_SERVING this long before new RPCs are refused, so load balancers
+    # and meshes stop routing here first.
+    drain_delay_s: float = Field(0.0, ge=0)
     reflection: bool = True
     max_concurrent_rpcs: int | None = Field(None, ge=1)
     # Status health checks are cached this long and never run on a Query's path.

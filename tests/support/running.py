@@ -15,9 +15,10 @@ def settings_for(config: dict[str, Any] | None = None, **overrides: Any) -> Sett
     """Settings from a config dict (None: the embedded default) on free loopback ports."""
     base = dict(config) if config is not None else None
     server = {"host": "127.0.0.1", "grpc_port": 0, "http_port": 0, "grace_period_s": 2}
+    server_overrides = overrides.pop("server", {})
     if base is None:
-        return load_settings(overrides={"server": server, **overrides})
-    base["server"] = {**server, **base.get("server", {})}
+        return load_settings(overrides={"server": {**server, **server_overrides}, **overrides})
+    base["server"] = {**server, **base.get("server", {}), **server_overrides}
     base.setdefault("ledger", {"backend": "none"})
     return Settings(**{**base, **overrides})
 
