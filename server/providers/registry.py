@@ -13,6 +13,7 @@ from llmproxy.server.providers.base import Provider
 PROVIDER_TYPES: dict[str, str] = {
     "mock": "llmproxy.server.providers.mock:MockProvider",
     "anthropic": "llmproxy.server.providers.anthropic:AnthropicProvider",
+    "gemini": "llmproxy.server.providers.gemini:GeminiProvider",
     "openai_compatible": "llmproxy.server.providers.openai_compat:OpenAICompatibleProvider",
 }
 
