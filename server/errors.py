@@ -109,6 +109,12 @@ class UnavailableError(LLMProxyError):
     retryable = True
 
 
+class RateLimiterUnavailableError(UnavailableError):
+    """The shared rate-limit store is down and the policy is to fail closed."""
+
+    reason = "RATE_LIMITER_UNAVAILABLE"
+
+
 # --- Upstream (provider) errors -------------------------------------------------
 
 

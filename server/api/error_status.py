@@ -25,6 +25,7 @@ CODES: dict[type[e.LLMProxyError], grpc.StatusCode] = {
     e.DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
     e.CancelledError: grpc.StatusCode.CANCELLED,
     e.UnavailableError: grpc.StatusCode.UNAVAILABLE,
+    e.RateLimiterUnavailableError: grpc.StatusCode.UNAVAILABLE,
     e.UpstreamError: grpc.StatusCode.UNAVAILABLE,
     e.UpstreamUnavailableError: grpc.StatusCode.UNAVAILABLE,
     e.UpstreamOverloadedError: grpc.StatusCode.UNAVAILABLE,
