@@ -83,7 +83,8 @@ def key_cooldown_s(error: UpstreamError) -> float | None:
     By class, not status: some providers refuse a bad key with a 400 (Gemini).
     """
     if isinstance(error, UpstreamRateLimitedError):
-        return error.retry_after or 1.0
+        # A rate limit marked not retryable is an exhausted quota (billing): rest long.
+        return error.retry_after or (1.0 if error.retryable else 900.0)
     if isinstance(error, UpstreamAuthError):
         return 300.0
     return None

@@ -1,28 +1,32 @@
 """The Chat Completions adapter that OpenAI and every OpenAI-compatible server share.
 
-Subclasses (OpenAI, Azure, Mistral, vLLM, Groq, ...) override only what differs:
-the URL, the auth header, and the body fields they add or rename.
+This is also the generic `openai_compatible` provider (vLLM, LM Studio, OpenRouter,
+xAI, Groq, Together, Perplexity): it sends only the common subset of fields, takes
+its base URL and extra headers from config, and with the `include_usage: false`
+option leaves out `stream_options` for servers that reject it. Subclasses (OpenAI,
+Azure, Mistral) override only what differs: URL, auth header, body fields, errors.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import httpx
 import orjson
 
-from llmproxy.server.domain import (
-    ChatRequest,
-    Finish,
-    FinishReason,
-    ProviderEvent,
-    TextDelta,
-    Usage,
+from llmproxy.server.domain import ChatRequest, Finish, FinishReason, Message, Usage
+from llmproxy.server.errors import (
+    UpstreamContextTooLongError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamUnavailableError,
 )
-from llmproxy.server.errors import UpstreamError, UpstreamProtocolError, UpstreamUnavailableError
-from llmproxy.server.providers.base import Provider
-from llmproxy.server.providers.errors import classify_status, classify_transport_error
+from llmproxy.server.providers.base import ProviderSettings
+from llmproxy.server.providers.errors import classify_status
+from llmproxy.server.providers.http_chat import HttpChatProvider, option
+from llmproxy.server.providers.keys import KeyPool
 from llmproxy.server.providers.sse import SSEParser
 
 FINISH_REASONS = {
@@ -34,11 +38,15 @@ FINISH_REASONS = {
 }
 
 
+def build_messages(messages: tuple[Message, ...]) -> list[dict[str, str]]:
+    return [{"role": m.role.value, "content": m.content} for m in messages]
+
+
 def build_body(request: ChatRequest, *, include_usage: bool = True) -> dict[str, Any]:
     """The Chat Completions request body; unset parameters are left out entirely."""
     body: dict[str, Any] = {
         "model": request.model,
-        "messages": [{"role": m.role.value, "content": m.content} for m in request.messages],
+        "messages": build_messages(request.messages),
         "stream": True,
     }
     if include_usage:
@@ -68,130 +76,155 @@ def parse_usage(raw: dict[str, Any] | None) -> Usage | None:
     )
 
 
+def finish_reason(raw: str) -> FinishReason:
+    return FINISH_REASONS.get(raw, FinishReason.OTHER if raw else FinishReason.STOP)
+
+
+@dataclass(slots=True, frozen=True)
+class ErrorBody:
+    """The fields of an OpenAI-style `{"error": {...}}` body; empty strings when absent."""
+
+    message: str
+    type: str = ""
+    code: str = ""
+    param: str = ""
+
+
+def parse_error(obj: Any) -> ErrorBody:
+    """Reads `{"error": {...}}`, a bare error object, or `{"message": ...}` alike."""
+    err = obj.get("error", obj) if isinstance(obj, dict) else obj
+    if not isinstance(err, dict):
+        return ErrorBody(str(err)[:500])
+    message = err.get("message") or err.get("detail") or ""
+    if not isinstance(message, str):
+        message = orjson.dumps(message).decode()
+    code = err.get("code")
+    return ErrorBody(
+        message[:500],
+        str(err.get("type") or ""),
+        "" if code is None else str(code),
+        str(err.get("param") or ""),
+    )
+
+
+def parse_error_body(body: bytes) -> ErrorBody:
+    try:
+        return parse_error(orjson.loads(body))
+    except orjson.JSONDecodeError:
+        return ErrorBody(body[:200].decode("utf-8", "replace").strip())
+
+
 def error_message(body: bytes) -> str:
     """The `error.message` of an OpenAI-style error body, or a short excerpt of the body."""
-    try:
-        obj = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return body[:200].decode("utf-8", "replace")
-    if isinstance(obj, dict):
-        err = obj.get("error", obj)
-        if isinstance(err, dict):
-            return str(err.get("message") or err.get("detail") or err)[:500]
-        return str(err)[:500]
-    return str(obj)[:500]
+    return parse_error_body(body).message
 
 
-class OpenAICompatibleProvider(Provider):
+def classify_error_body(
+    status: int, headers: httpx.Headers | None, err: ErrorBody, *, provider: str
+) -> UpstreamError:
+    """Status first, refined by the documented error codes that the status alone hides."""
+    if err.code == "context_length_exceeded":
+        return UpstreamContextTooLongError(
+            f"{provider}: upstream returned HTTP {status}: {err.message}",
+            provider=provider,
+            status=status,
+        )
+    return classify_status(status, err.message, provider=provider, headers=headers)
+
+
+class ChunkDecoder:
+    """Pure: a Chat Completions SSE byte stream in, answer text and the final Finish out."""
+
+    __slots__ = ("_sse", "done", "finish_raw", "provider", "stream_error", "usage")
+
+    def __init__(self, provider: str, stream_error: Callable[[Any], UpstreamError]) -> None:
+        self.provider = provider
+        # Maps an error object sent inside a 200 stream; the provider knows its codes.
+        self.stream_error = stream_error
+        self._sse = SSEParser()
+        self.done = False
+        self.finish_raw = ""
+        self.usage: Usage | None = None
+
+    def feed(self, data: bytes) -> str:
+        texts: list[str] = []
+        for event in self._sse.feed(data):
+            if event.data == "[DONE]":
+                self.done = True
+                break
+            try:
+                obj = orjson.loads(event.data)
+            except orjson.JSONDecodeError:
+                raise UpstreamProtocolError(
+                    f"{self.provider}: malformed stream chunk", provider=self.provider
+                ) from None
+            if not isinstance(obj, dict):
+                raise UpstreamProtocolError(
+                    f"{self.provider}: stream chunk is not an object", provider=self.provider
+                )
+            if "error" in obj or event.event == "error":
+                raise self.stream_error(obj.get("error", obj))
+            self.read_chunk(obj, texts)
+        return "".join(texts)
+
+    def read_chunk(self, obj: dict[str, Any], texts: list[str]) -> None:
+        for choice in obj.get("choices") or ():
+            delta = choice.get("delta")
+            if delta and (text := delta.get("content")):
+                texts.append(text)
+            if reason := choice.get("finish_reason"):
+                self.finish_raw = reason
+        if usage := obj.get("usage"):
+            self.usage = parse_usage(usage)
+        elif (groq := obj.get("x_groq")) and groq.get("usage"):
+            self.usage = parse_usage(groq["usage"])
+
+    def finish(self) -> Finish:
+        if not self.done:
+            raise UpstreamUnavailableError(
+                f"{self.provider}: stream ended before [DONE]", provider=self.provider
+            )
+        return Finish(finish_reason(self.finish_raw), self.finish_raw, self.usage)
+
+
+class OpenAICompatibleProvider(HttpChatProvider):
     """Streams `POST {base_url}/chat/completions` and parses its SSE chunks."""
 
-    include_usage = True
+    default_base_url: ClassVar[str] = ""
+    include_usage: ClassVar[bool] = True
+
+    def __init__(
+        self, settings: ProviderSettings, client: httpx.AsyncClient | None, keys: KeyPool
+    ) -> None:
+        super().__init__(settings, client, keys)
+        self.base_url = (settings.base_url or self.default_base_url).rstrip("/")
+        if not self.base_url:
+            raise ValueError(f"providers[{settings.name}].base_url is required")
+        self._include_usage = option(settings, "include_usage", bool, self.include_usage)
 
     def url(self, request: ChatRequest) -> str:
-        return self.settings.base_url.rstrip("/") + "/chat/completions"
-
-    def auth_headers(self, secret: str) -> dict[str, str]:
-        return {"authorization": f"Bearer {secret}"}
+        return self.base_url + "/chat/completions"
 
     def build_body(self, request: ChatRequest) -> dict[str, Any]:
-        include = bool(self.settings.options.get("include_usage", self.include_usage))
-        return build_body(request, include_usage=include)
+        return build_body(request, include_usage=self._include_usage)
+
+    def new_decoder(self) -> ChunkDecoder:
+        return ChunkDecoder(self.name, self.stream_error)
 
     def classify_error(self, status: int, headers: httpx.Headers, body: bytes) -> UpstreamError:
-        return classify_status(status, error_message(body), provider=self.name, headers=headers)
-
-    def build_headers(self, request: ChatRequest) -> tuple[dict[str, str], str | None]:
-        headers = {"content-type": "application/json", "accept": "text/event-stream"}
-        headers.update(self.settings.headers)
-        headers.update(request.headers)
-        label = None
-        if (key := self.keys.acquire()) is not None:
-            secret, label = key
-            headers.update(self.auth_headers(secret))
-        return headers, label
-
-    def _cool_down(self, label: str | None, error: UpstreamError) -> None:
-        if label is None:
-            return
-        if error.status == 429:
-            self.keys.cool_down(label, error.retry_after or 1.0)
-        elif error.status in (401, 403):
-            self.keys.cool_down(label, 300.0)
-
-    async def stream(self, request: ChatRequest) -> AsyncIterator[ProviderEvent]:
-        assert self.client is not None
-        headers, label = self.build_headers(request)
-        body = orjson.dumps(self.build_body(request))
-        try:
-            async with self.client.stream(
-                "POST", self.url(request), content=body, headers=headers
-            ) as response:
-                if response.status_code != 200:
-                    error = self.classify_error(
-                        response.status_code, response.headers, await response.aread()
-                    )
-                    self._cool_down(label, error)
-                    raise error
-                async for event in self._parse_stream(response):
-                    yield event
-        except httpx.TransportError as exc:
-            raise classify_transport_error(exc, provider=self.name) from None
-
-    async def _parse_stream(self, response: httpx.Response) -> AsyncIterator[ProviderEvent]:
-        parser = SSEParser()
-        finish_raw = ""
-        usage: Usage | None = None
-        done = False
-        async for chunk in response.aiter_bytes():
-            texts: list[str] = []
-            for event in parser.feed(chunk):
-                if event.data == "[DONE]":
-                    done = True
-                    break
-                try:
-                    obj = orjson.loads(event.data)
-                except orjson.JSONDecodeError:
-                    raise UpstreamProtocolError(
-                        f"{self.name}: malformed stream chunk", provider=self.name
-                    ) from None
-                if "error" in obj:
-                    raise self.stream_error(obj["error"])
-                for choice in obj.get("choices") or ():
-                    delta = choice.get("delta") or {}
-                    if text := delta.get("content"):
-                        texts.append(text)
-                    if reason := choice.get("finish_reason"):
-                        finish_raw = reason
-                if obj.get("usage"):
-                    usage = parse_usage(obj["usage"])
-            if texts:
-                yield TextDelta("".join(texts))
-            if done:
-                break
-        if not done:
-            raise UpstreamUnavailableError(
-                f"{self.name}: stream ended before [DONE]", provider=self.name
-            )
-        reason = FINISH_REASONS.get(
-            finish_raw, FinishReason.OTHER if finish_raw else FinishReason.STOP
-        )
-        yield Finish(reason, finish_raw, usage)
+        return self.classify_error_obj(status, headers, parse_error_body(body))
 
     def stream_error(self, error: Any) -> UpstreamError:
-        """An error object sent inside the stream after a 200."""
-        message = error.get("message", "") if isinstance(error, dict) else str(error)
-        code = error.get("code") if isinstance(error, dict) else None
-        status = code if isinstance(code, int) else 500
-        return classify_status(status, str(message)[:500], provider=self.name)
+        """An error object inside a 200 stream: the request failed part-way (a 5xx unless
+        the object carries a numeric code)."""
+        err = parse_error(error)
+        status = int(err.code) if err.code.isdigit() else 500
+        return self.classify_error_obj(status, None, err)
 
-    async def list_models(self) -> list[str]:
-        assert self.client is not None
-        headers, _ = self.build_headers(ChatRequest(model="", messages=()))
-        url = self.settings.base_url.rstrip("/") + "/models"
-        try:
-            response = await self.client.get(url, headers=headers)
-        except httpx.TransportError as exc:
-            raise classify_transport_error(exc, provider=self.name) from None
-        if response.status_code != 200:
-            raise self.classify_error(response.status_code, response.headers, response.content)
-        return [m["id"] for m in response.json().get("data", [])]
+    def classify_error_obj(
+        self, status: int, headers: httpx.Headers | None, err: ErrorBody
+    ) -> UpstreamError:
+        return classify_error_body(status, headers, err, provider=self.name)
+
+    def models_url(self) -> str | None:
+        return self.base_url + "/models"

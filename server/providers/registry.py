@@ -15,6 +15,10 @@ PROVIDER_TYPES: dict[str, str] = {
     "anthropic": "llmproxy.server.providers.anthropic:AnthropicProvider",
     "gemini": "llmproxy.server.providers.gemini:GeminiProvider",
     "openai_compatible": "llmproxy.server.providers.openai_compat:OpenAICompatibleProvider",
+    "openai": "llmproxy.server.providers.openai:OpenAIProvider",
+    "azure_openai": "llmproxy.server.providers.azure_openai:AzureOpenAIProvider",
+    "mistral": "llmproxy.server.providers.mistral:MistralProvider",
+    "ollama": "llmproxy.server.providers.ollama:OllamaProvider",
 }
 
 

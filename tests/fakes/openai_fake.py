@@ -1,22 +1,32 @@
 """A fake OpenAI Chat Completions server speaking the documented wire format.
 
-It validates each request strictly (path, auth header, JSON body fields) and
-answers as api.openai.com does: `data: {chunk}\\n\\n` SSE frames, a usage-only
-chunk with empty `choices` when `stream_options.include_usage` is set, then
-`data: [DONE]`. The requested model name picks a scenario:
+It validates each request strictly (path, auth header, JSON body fields and
+types) and answers as api.openai.com does: `data: {chunk}\\n\\n` SSE frames, a
+usage-only chunk with empty `choices` when `stream_options.include_usage` is set,
+then `data: [DONE]`. The requested model name picks a scenario:
 
-  ok (any other name)   normal stream          slow       one chunk per 50 ms, 40 chunks
-  hang                  headers, then nothing  429        rate limited, retry-after: 2
-  500 / 503             server error           401        invalid key
-  context               400 context_length_exceeded
-  mid-stream-error      chunks, then an error event      truncated  chunks, no [DONE]
-  malformed             a chunk that is not JSON          no-usage   no usage chunk
+  ok (any other name)   normal stream          slow        one chunk per 50 ms, 48 chunks
+  hang                  headers, then nothing  stall       three chunks, then nothing
+  429                   rate limited, retry-after: 2     rate-hint   429, wait only in message
+  quota                 429 insufficient_quota           500 / 503   server error
+  401                   invalid key            bad-gateway 502 with an HTML body
+  context               400 context_length_exceeded      content-filter  finish content_filter
+  mid-stream-error      chunks, then an error event      truncated   chunks, no [DONE]
+  malformed             a chunk that is not JSON          no-usage    no usage chunk
+  reset                 chunks, then the connection is aborted
+  o1* / o3* / o4* / gpt-5*  reasoning models: `max_tokens` refused as OpenAI does
+
+`openai_app(...)` options make the same fake stand in for OpenAI-compatible
+servers: several keys with their own behaviour, a server that rejects
+`stream_options`, required extra headers, a slow models endpoint.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
+from dataclasses import dataclass, field
 
 import orjson
 from aiohttp import web
@@ -26,6 +36,7 @@ from tests.support.upstream import FAKE, record
 API_KEY = "sk-test-fake-key-0123456789"
 REPLY = ["Hello", " from", " the", " fake", " upstream", "."]
 PROMPT_TOKENS = 11
+CACHED_TOKENS = 0
 ALLOWED_FIELDS = {
     "model",
     "messages",
@@ -41,14 +52,38 @@ ALLOWED_FIELDS = {
     "user",
 }
 ROLES = {"system", "user", "assistant", "developer"}
+REASONING = re.compile(r"^(o\d|gpt-5)")
+MODELS = ["gpt-4o-mini", "o3-mini"]
+
+
+@dataclass
+class FakeConfig:
+    """How this instance behaves beyond the model-name scenarios."""
+
+    # key -> "ok" | "401" | "429" | "quota"; any other key is refused as invalid.
+    keys: dict[str, str] = field(default_factory=lambda: {API_KEY: "ok"})
+    # Like servers that refuse `stream_options` (400), so usage must come without it.
+    reject_stream_options: bool = False
+    # Headers every request must carry, e.g. OpenRouter's HTTP-Referer / X-Title.
+    required_headers: dict[str, str] = field(default_factory=dict)
+    models_delay_s: float = 0.0
+    # Usage on the finish chunk, as several compatible servers send it without stream_options.
+    usage_on_finish: bool = False
+
+
+CONFIG = web.AppKey("openai_fake_config", FakeConfig)
 
 
 def error_body(
-    message: str, type_: str, code: str | None = None, param: str | None = None
+    message: str, type_: str | None, code: str | None = None, param: str | None = None
 ) -> bytes:
     return orjson.dumps(
         {"error": {"message": message, "type": type_, "param": param, "code": code}}
     )
+
+
+def json_error(status: int, body: bytes, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, headers=headers, content_type="application/json", body=body)
 
 
 def chunk(model: str, delta: dict, finish: str | None = None, usage: dict | None = None) -> bytes:
@@ -59,7 +94,7 @@ def chunk(model: str, delta: dict, finish: str | None = None, usage: dict | None
         "model": model,
         "system_fingerprint": "fp_fake",
         "choices": []
-        if usage is not None
+        if usage is not None and finish is None
         else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
     }
     if usage is not None:
@@ -67,10 +102,29 @@ def chunk(model: str, delta: dict, finish: str | None = None, usage: dict | None
     return b"data: " + orjson.dumps(body) + b"\n\n"
 
 
-def validate(headers: dict[str, str], body: dict) -> str | None:
-    """The first problem with a request, or None."""
-    if headers.get("authorization") != f"Bearer {API_KEY}":
+def usage_of(completion_tokens: int) -> dict:
+    return {
+        "prompt_tokens": PROMPT_TOKENS,
+        "completion_tokens": completion_tokens,
+        "total_tokens": PROMPT_TOKENS + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": CACHED_TOKENS},
+        "completion_tokens_details": {"reasoning_tokens": 0},
+    }
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def validate(headers: dict[str, str], body: dict, config: FakeConfig | None = None) -> str | None:
+    """The first problem with a request, or None ("auth" when the key is unknown)."""
+    config = config or FakeConfig()
+    auth = headers.get("authorization", "")
+    if not auth.startswith("Bearer ") or auth[len("Bearer ") :] not in config.keys:
         return "auth"
+    for name, value in config.required_headers.items():
+        if headers.get(name) != value:
+            return f"missing header {name}"
     if "application/json" not in headers.get("content-type", ""):
         return "content-type must be application/json"
     unknown = set(body) - ALLOWED_FIELDS
@@ -82,71 +136,157 @@ def validate(headers: dict[str, str], body: dict) -> str | None:
     if not isinstance(messages, list) or not messages:
         return "messages must be a non-empty list"
     for m in messages:
+        if set(m) - {"role", "content", "name"}:
+            return f"bad message fields {sorted(m)}"
         if m.get("role") not in ROLES or not isinstance(m.get("content"), str):
             return f"bad message {m!r}"
     if body.get("stream") is not True:
         return "this fake only serves streaming requests"
+    if "stream_options" in body:
+        if config.reject_stream_options:
+            return "stream_options is not supported"
+        if body["stream_options"] != {"include_usage": True}:
+            return f"bad stream_options {body['stream_options']!r}"
+    for name, low, high in (("temperature", 0, 2), ("top_p", 0, 1)):
+        if name in body and (not _number(body[name]) or not low <= body[name] <= high):
+            return f"bad {name}"
+    for name in ("max_tokens", "max_completion_tokens", "seed"):
+        if name in body and (not isinstance(body[name], int) or isinstance(body[name], bool)):
+            return f"{name} must be an integer"
+    stop = body.get("stop")
+    if stop is not None and (
+        not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) for s in stop)
+    ):
+        return "stop must be a list of up to 4 strings"
     return None
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
-    entry = await record(request)
-    fake = request.app[FAKE]
-    try:
-        body = orjson.loads(entry.body)
-    except orjson.JSONDecodeError:
-        return web.Response(
-            status=400, body=error_body("We could not parse the JSON body", "invalid_request_error")
-        )
-    problem = validate(entry.headers, body)
-    if problem == "auth":
-        return web.Response(
-            status=401,
-            content_type="application/json",
-            body=error_body(
-                "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
+def key_refusal(headers: dict[str, str], config: FakeConfig) -> web.Response | None:
+    """What a known key with a bad standing gets instead of an answer."""
+    key = headers.get("authorization", "")[len("Bearer ") :]
+    behaviour = config.keys.get(key)
+    if behaviour == "401":
+        return json_error(
+            401,
+            error_body(
+                "Incorrect API key provided: sk-test-****. You can find your API key at "
+                "https://platform.openai.com/account/api-keys.",
+                "invalid_request_error",
+                "invalid_api_key",
             ),
         )
-    if problem:
-        return web.Response(
-            status=400,
-            content_type="application/json",
-            body=error_body(problem, "invalid_request_error"),
+    if behaviour == "429":
+        return json_error(
+            429,
+            error_body("Rate limit reached for requests", "requests", "rate_limit_exceeded"),
+            {"retry-after": "7"},
         )
-    model = body["model"]
+    if behaviour == "quota":
+        return json_error(
+            429,
+            error_body(
+                "You exceeded your current quota, please check your plan and billing details.",
+                "insufficient_quota",
+                "insufficient_quota",
+            ),
+        )
+    return None
+
+
+def unauthorized() -> web.Response:
+    return json_error(
+        401,
+        error_body("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"),
+    )
+
+
+def scenario_error(model: str) -> web.Response | None:
+    """Answers that fail before any stream starts."""
     if model == "429":
-        return web.Response(
-            status=429,
-            headers={"retry-after": "2"},
-            content_type="application/json",
-            body=error_body("Rate limit reached", "requests", "rate_limit_exceeded"),
+        return json_error(
+            429,
+            error_body("Rate limit reached", "requests", "rate_limit_exceeded"),
+            {"retry-after": "2"},
+        )
+    if model == "rate-hint":
+        return json_error(
+            429,
+            error_body(
+                "Rate limit reached for gpt-4o-mini on tokens per min (TPM): Limit 200000, "
+                "Used 199980, Requested 320. Please try again in 1.5s.",
+                "tokens",
+                "rate_limit_exceeded",
+            ),
+            {"x-ratelimit-reset-tokens": "1.5s", "x-ratelimit-reset-requests": "120ms"},
+        )
+    if model == "quota":
+        return json_error(
+            429,
+            error_body(
+                "You exceeded your current quota, please check your plan and billing details.",
+                "insufficient_quota",
+                "insufficient_quota",
+            ),
         )
     if model in ("500", "503"):
+        return json_error(int(model), error_body("The server had an error", "server_error"))
+    if model == "bad-gateway":
         return web.Response(
-            status=int(model),
-            content_type="application/json",
-            body=error_body("The server had an error", "server_error"),
+            status=502,
+            content_type="text/html",
+            text="<html><head><title>502 Bad Gateway</title></head></html>",
         )
     if model == "401":
-        return web.Response(
-            status=401,
-            content_type="application/json",
-            body=error_body(
-                "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
-            ),
-        )
+        return unauthorized()
     if model == "context":
-        return web.Response(
-            status=400,
-            content_type="application/json",
-            body=error_body(
+        return json_error(
+            400,
+            error_body(
                 "This model's maximum context length is 128000 tokens.",
                 "invalid_request_error",
                 "context_length_exceeded",
                 "messages",
             ),
         )
+    return None
 
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    entry = await record(request)
+    fake = request.app[FAKE]
+    config = request.app.get(CONFIG) or FakeConfig()
+    try:
+        body = orjson.loads(entry.body)
+    except orjson.JSONDecodeError:
+        return json_error(
+            400, error_body("We could not parse the JSON body", "invalid_request_error")
+        )
+    problem = validate(entry.headers, body, config)
+    if problem == "auth":
+        return unauthorized()
+    if problem:
+        return json_error(400, error_body(problem, "invalid_request_error"))
+    if (refusal := key_refusal(entry.headers, config)) is not None:
+        return refusal
+    model = body["model"]
+    if REASONING.match(model) and "max_tokens" in body:
+        return json_error(
+            400,
+            error_body(
+                "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                "Use 'max_completion_tokens' instead.",
+                "invalid_request_error",
+                "unsupported_parameter",
+                "max_tokens",
+            ),
+        )
+    if (error := scenario_error(model)) is not None:
+        return error
+    return await stream_answer(request, body, fake, config)
+
+
+async def stream_answer(request, body, fake, config: FakeConfig) -> web.StreamResponse:
+    model = body["model"]
     response = web.StreamResponse(
         headers={"content-type": "text/event-stream", "cache-control": "no-cache"}
     )
@@ -155,15 +295,18 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     fake.event(f"started:{model}").set()
     try:
         if model == "hang":
-            # aiohttp does not cancel handlers on disconnect, so watch the socket.
-            while request.transport is not None and not request.transport.is_closing():
-                await asyncio.sleep(0.02)
-            raise ConnectionResetError
+            await wait_for_disconnect(request)
         reply = REPLY * 8 if model == "slow" else REPLY
         await response.write(chunk(model, {"role": "assistant", "content": ""}))
         for i, word in enumerate(reply):
             if model == "slow":
                 await asyncio.sleep(0.05)
+            if i == 3 and model == "stall":
+                await wait_for_disconnect(request)
+            if i == 3 and model == "reset":
+                assert request.transport is not None
+                request.transport.abort()
+                return response
             if model == "malformed" and i == 2:
                 await response.write(b"data: {not json\n\n")
                 return response
@@ -174,22 +317,17 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             await response.write(chunk(model, {"content": word}))
         if model == "truncated":
             return response
-        max_tokens = body.get("max_tokens")
-        finish = "length" if max_tokens is not None and max_tokens <= len(reply) else "stop"
-        await response.write(chunk(model, {}, finish))
-        if body.get("stream_options", {}).get("include_usage") and model != "no-usage":
-            await response.write(
-                chunk(
-                    model,
-                    {},
-                    usage={
-                        "prompt_tokens": PROMPT_TOKENS,
-                        "completion_tokens": len(reply),
-                        "total_tokens": PROMPT_TOKENS + len(reply),
-                        "prompt_tokens_details": {"cached_tokens": 0},
-                    },
-                )
-            )
+        limit = body.get("max_tokens", body.get("max_completion_tokens"))
+        finish = "length" if limit is not None and limit <= len(reply) else "stop"
+        if model == "content-filter":
+            finish = "content_filter"
+        wants_usage = body.get("stream_options", {}).get("include_usage")
+        if config.usage_on_finish and model != "no-usage":
+            await response.write(chunk(model, {}, finish, usage=usage_of(len(reply))))
+        else:
+            await response.write(chunk(model, {}, finish))
+            if wants_usage and model != "no-usage":
+                await response.write(chunk(model, {}, usage=usage_of(len(reply))))
         await response.write(b"data: [DONE]\n\n")
         return response
     except (ConnectionResetError, asyncio.CancelledError):
@@ -200,33 +338,38 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         fake.open_streams -= 1
 
 
+async def wait_for_disconnect(request: web.Request) -> None:
+    # aiohttp does not cancel handlers on disconnect and offers no event for it: poll.
+    while request.transport is not None and not request.transport.is_closing():  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+    raise ConnectionResetError
+
+
 async def models(request: web.Request) -> web.Response:
     entry = await record(request)
-    if entry.headers.get("authorization") != f"Bearer {API_KEY}":
-        return web.Response(
-            status=401,
-            content_type="application/json",
-            body=error_body(
-                "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
-            ),
-        )
+    config = request.app.get(CONFIG) or FakeConfig()
+    if config.models_delay_s:
+        await asyncio.sleep(config.models_delay_s)
+    auth = entry.headers.get("authorization", "")
+    if not auth.startswith("Bearer ") or auth[len("Bearer ") :] not in config.keys:
+        return unauthorized()
+    if (refusal := key_refusal(entry.headers, config)) is not None:
+        return refusal
     return web.json_response(
         {
             "object": "list",
             "data": [
-                {
-                    "id": "gpt-4o-mini",
-                    "object": "model",
-                    "created": 1721172741,
-                    "owned_by": "system",
-                },
+                {"id": m, "object": "model", "created": 1721172741, "owned_by": "system"}
+                for m in MODELS
             ],
         }
     )
 
 
-def openai_app() -> web.Application:
+def openai_app(config: FakeConfig | None = None) -> web.Application:
     app = web.Application()
+    if config is not None:
+        app[CONFIG] = config
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", models)
     return app

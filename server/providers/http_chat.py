@@ -1,0 +1,206 @@
+"""The HTTP half every streaming chat adapter shares: send with key failover, read via a decoder.
+
+An adapter supplies pure pieces (URL, body, auth header, a stream decoder, an
+error classifier); this module owns the only I/O: one POST per key tried, the
+streamed body fed to the decoder read by read, and the models listing.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterable
+from typing import Any, ClassVar, Protocol, TypeVar
+
+import httpx
+import orjson
+
+from llmproxy.server.domain import ChatRequest, Finish, ProviderEvent, TextDelta
+from llmproxy.server.errors import UpstreamError, UpstreamProtocolError
+from llmproxy.server.providers.base import Provider, ProviderSettings
+from llmproxy.server.providers.errors import (
+    classify_status,
+    classify_transport_error,
+    key_cooldown_s,
+)
+from llmproxy.server.providers.keys import KeyPool
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Lease = tuple[str, str] | None  # (secret, label) from the KeyPool; None without keys
+
+
+class StreamDecoder(Protocol):
+    """Pure: raw body bytes in as they arrive, answer text out; no I/O."""
+
+    done: bool
+
+    def feed(self, data: bytes) -> str:
+        """Text completed by `data`; raises UpstreamError for an error in the stream."""
+
+    def finish(self) -> Finish:
+        """The closing event; raises UpstreamUnavailableError when the terminator never came."""
+
+
+def option(settings: ProviderSettings, name: str, kind: type[T], default: T) -> T:
+    """A provider option from config, type-checked once at start with an error naming it."""
+    value = settings.options.get(name, default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise ValueError(
+            f"providers[{settings.name}].options.{name} must be a {kind.__name__}, "
+            f"not {type(value).__name__}"
+        )
+    return value
+
+
+def body_excerpt(body: bytes) -> str:
+    return body[:300].decode("utf-8", "replace").strip()
+
+
+class HttpChatProvider(Provider):
+    """Streams one POST per call; on a refused key, rests it and retries with another."""
+
+    accept: ClassVar[str] = "text/event-stream"
+    # After the terminator, read on this long so the connection returns to the pool.
+    drain_s: ClassVar[float] = 0.25
+
+    def __init__(
+        self, settings: ProviderSettings, client: httpx.AsyncClient | None, keys: KeyPool
+    ) -> None:
+        super().__init__(settings, client, keys)
+        self._headers = {"accept": self.accept, **self.static_headers(), **settings.headers}
+
+    # --- what each adapter supplies (pure) ------------------------------------
+
+    @abc.abstractmethod
+    def url(self, request: ChatRequest) -> str: ...
+
+    @abc.abstractmethod
+    def build_body(self, request: ChatRequest) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    def new_decoder(self) -> StreamDecoder: ...
+
+    def static_headers(self) -> dict[str, str]:
+        """Headers every call carries (versions, organisation); config headers override them."""
+        return {}
+
+    def auth_headers(self, secret: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {secret}"}
+
+    def classify_error(self, status: int, headers: httpx.Headers, body: bytes) -> UpstreamError:
+        return classify_status(status, body_excerpt(body), provider=self.name, headers=headers)
+
+    def finish_from_error(self, status: int, body: bytes) -> Finish | None:
+        """A non-200 answer that is really an ending (e.g. a content filter); None otherwise."""
+        return None
+
+    def models_url(self) -> str | None:
+        """Where the provider lists its models; None when it cannot."""
+        return None
+
+    def parse_models(self, body: dict[str, Any]) -> list[str]:
+        return [m["id"] for m in body.get("data", ())]
+
+    # --- I/O --------------------------------------------------------------------
+
+    def _request_headers(
+        self, lease: Lease, extra: Iterable[tuple[str, str]] = (), *, json_body: bool = True
+    ) -> dict[str, str]:
+        headers = dict(self._headers)
+        if json_body:
+            headers["content-type"] = "application/json"
+        headers.update(extra)
+        if lease is not None:
+            headers.update(self.auth_headers(lease[0]))
+        return headers
+
+    def _refused(self, lease: Lease, error: UpstreamError, tried: list[str]) -> Lease:
+        """Rest the key `error` blames; return another ready key to retry with, or None."""
+        if lease is None or (seconds := key_cooldown_s(error)) is None:
+            return None
+        label = lease[1]
+        self.keys.cool_down(label, seconds)
+        log.warning(
+            "provider %s: %s rests %.0f s after %s", self.name, label, seconds, error.reason
+        )
+        tried.append(label)
+        return self.keys.acquire_ready(tried)
+
+    def _error(self, response: httpx.Response, body: bytes, lease: Lease) -> UpstreamError:
+        if lease is not None:
+            # An upstream that echoes our key must not leak it into messages or logs.
+            body = body.replace(lease[0].encode(), b"[redacted]")
+        return self.classify_error(response.status_code, response.headers, body)
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[ProviderEvent]:
+        assert self.client is not None, "an HTTP adapter needs a client"
+        content = orjson.dumps(self.build_body(request))
+        url = self.url(request)
+        lease = self.keys.acquire()
+        tried: list[str] = []
+        try:
+            while True:
+                headers = self._request_headers(lease, request.headers)
+                async with self.client.stream(
+                    "POST", url, content=content, headers=headers
+                ) as response:
+                    if response.status_code == 200:
+                        async for event in self._read(response):
+                            yield event
+                        return
+                    body = await response.aread()
+                if (finish := self.finish_from_error(response.status_code, body)) is not None:
+                    yield finish
+                    return
+                error = self._error(response, body, lease)
+                if (lease := self._refused(lease, error, tried)) is None:
+                    raise error
+        except httpx.TransportError as exc:
+            raise classify_transport_error(exc, provider=self.name) from None
+
+    async def _read(self, response: httpx.Response) -> AsyncIterator[ProviderEvent]:
+        decoder = self.new_decoder()
+        chunks = response.aiter_bytes()
+        async for data in chunks:
+            if text := decoder.feed(data):
+                yield TextDelta(text)
+            if decoder.done:
+                break
+        finish = decoder.finish()
+        try:
+            async with asyncio.timeout(self.drain_s):
+                async for _ in chunks:
+                    pass
+        except (TimeoutError, httpx.HTTPError):
+            pass  # the answer is complete; only connection reuse is lost
+        yield finish
+
+    async def list_models(self) -> list[str]:
+        url = self.models_url()
+        if url is None:
+            return []
+        assert self.client is not None, "an HTTP adapter needs a client"
+        lease = self.keys.acquire()
+        tried: list[str] = []
+        while True:
+            headers = self._request_headers(lease, json_body=False)
+            headers["accept"] = "application/json"
+            try:
+                response = await self.client.get(url, headers=headers)
+            except httpx.TransportError as exc:
+                raise classify_transport_error(exc, provider=self.name) from None
+            if response.status_code == 200:
+                try:
+                    return self.parse_models(orjson.loads(response.content))
+                except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+                    raise UpstreamProtocolError(
+                        f"{self.name}: malformed models list", provider=self.name, status=200
+                    ) from None
+            error = self._error(response, response.content, lease)
+            if (lease := self._refused(lease, error, tried)) is None:
+                raise error
