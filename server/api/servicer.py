@@ -12,13 +12,19 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from llmproxy.server.api import convert
+from llmproxy.server.api import usage as usage_api
 from llmproxy.server.api.error_status import abort, code_for, internal_status, to_rpc_status
 from llmproxy.server.core.documents import DocumentFormat, render_document
 from llmproxy.server.core.parallel import ModelFailed, ParallelQueryService, Summary
 from llmproxy.server.core.query import QueryService
 from llmproxy.server.core.status import StatusService
 from llmproxy.server.domain import CallContext, Completed, Started, TextDelta
-from llmproxy.server.errors import FieldViolation, InvalidRequestError, LLMProxyError
+from llmproxy.server.errors import (
+    FieldViolation,
+    InvalidRequestError,
+    LLMProxyError,
+    UnimplementedError,
+)
 from llmproxy.server.interceptors.identity import current_key_id
 from llmproxy.v1 import llmproxy_pb2 as pb
 from llmproxy.v1 import llmproxy_pb2_grpc
@@ -59,11 +65,17 @@ def call_context(
 
 class LLMProxyServicer(llmproxy_pb2_grpc.LLMProxyServicer):
     def __init__(
-        self, queries: QueryService, parallel: ParallelQueryService, status: StatusService
+        self,
+        queries: QueryService,
+        parallel: ParallelQueryService,
+        status: StatusService,
+        *,
+        usage: usage_api.UsageSource | None = None,
     ) -> None:
         self.queries = queries
         self.parallel = parallel
         self.status = status
+        self.usage = usage
 
     async def Query(
         self, request: pb.QueryRequest, context: grpc.aio.ServicerContext
@@ -180,6 +192,19 @@ class LLMProxyServicer(llmproxy_pb2_grpc.LLMProxyServicer):
                 )
             )
         return pb.StatusResponse(models=models)
+
+    async def GetUsage(
+        self, request: pb.GetUsageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetUsageResponse:
+        rid = new_request_id()
+        try:
+            if self.usage is None:
+                raise UnimplementedError("usage accounting is not configured")
+            rows = await self.usage.usage(usage_api.to_filter(request, time.time()))
+            return usage_api.to_response(rows)
+        except LLMProxyError as error:
+            await abort(context, to_rpc_status(error, rid))
+            raise  # unreachable: abort raises
 
     async def Download(
         self, request: pb.DownloadRequest, context: grpc.aio.ServicerContext

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from llmproxy.server.config.base import Section
 
@@ -29,14 +29,48 @@ class CacheConfig(Section):
     coalesce: bool = True
 
 
+SQL_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,47}$"
+
+
 class LedgerConfig(Section):
+    """Where usage records go. Writes are batched off the request path (see accounting.ledger).
+
+    A crash loses at most the records of the last `flush_interval_ms`; a graceful
+    stop flushes everything.
+    """
+
     backend: Literal["sqlite", "postgres", "none"] = "sqlite"
     path: str = "llmproxy-usage.db"
-    dsn: str = "postgresql://127.0.0.1:5432/test"
+    dsn: SecretStr = SecretStr("postgresql://127.0.0.1:5432/test")
+    table: str = Field("llmproxy_usage", pattern=SQL_NAME)
     flush_interval_ms: float = Field(500, gt=0)
+    # A batch is written early once this many records wait.
+    max_batch: int = Field(1000, ge=1)
+    # Records held while the database is unreachable; beyond this the oldest are dropped
+    # (counted in llmproxy_ledger_dropped_total) rather than growing memory without bound.
+    max_pending: int = Field(100_000, ge=1)
 
 
 class BudgetConfig(Section):
     key_id: str = Field(min_length=1)
     period: Literal["day", "month"] = "day"
-    limit_usd: float = Field(gt=0)
+    limit_usd: float = Field(gt=0, allow_inf_nan=False)
+
+
+class BudgetStoreConfig(Section):
+    """Where budget spend and in-flight reservations live.
+
+    `memory` is per process (one replica only); `redis` and `postgres` share the
+    state across replicas. `on_failure` decides what a budgeted request does when
+    the store is unreachable: `closed` rejects it (UNAVAILABLE), `open` lets it
+    through unaccounted. Keys without a budget never touch the store.
+    """
+
+    backend: Literal["memory", "redis", "postgres"] = "memory"
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    dsn: SecretStr = SecretStr("postgresql://127.0.0.1:5432/test")
+    # Redis key prefix / PostgreSQL table prefix, so deployments can share a server.
+    prefix: str = Field("llmproxy", pattern=SQL_NAME)
+    # A reservation left by a replica that died mid-request is released after this long.
+    reservation_ttl_s: float = Field(900, gt=0)
+    on_failure: Literal["open", "closed"] = "closed"

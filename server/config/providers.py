@@ -25,9 +25,10 @@ class ProviderConfig(Section):
 class Price(Section):
     """USD per million tokens."""
 
-    input_per_mtok: float = Field(0.0, ge=0)
-    output_per_mtok: float = Field(0.0, ge=0)
-    cached_input_per_mtok: float | None = Field(None, ge=0)
+    input_per_mtok: float = Field(0.0, ge=0, allow_inf_nan=False)
+    output_per_mtok: float = Field(0.0, ge=0, allow_inf_nan=False)
+    # None: cached input tokens cost the same as other input tokens.
+    cached_input_per_mtok: float | None = Field(None, ge=0, allow_inf_nan=False)
 
 
 class ModelConfig(Section):

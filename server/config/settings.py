@@ -7,7 +7,12 @@ from typing import Self
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from llmproxy.server.config.caching import BudgetConfig, CacheConfig, LedgerConfig
+from llmproxy.server.config.caching import (
+    BudgetConfig,
+    BudgetStoreConfig,
+    CacheConfig,
+    LedgerConfig,
+)
 from llmproxy.server.config.observability import LoggingConfig, TracingConfig
 from llmproxy.server.config.providers import ModelConfig, ProviderConfig
 from llmproxy.server.config.routing import GroupConfig, ResilienceConfig, RoutingConfig
@@ -39,6 +44,7 @@ class Settings(BaseSettings):
     cache: CacheConfig = CacheConfig()
     ledger: LedgerConfig = LedgerConfig()
     budgets: list[BudgetConfig] = Field(default_factory=list)
+    budget_store: BudgetStoreConfig = BudgetStoreConfig()
     logging: LoggingConfig = LoggingConfig()
     tracing: TracingConfig = TracingConfig()
 
@@ -75,6 +81,11 @@ class Settings(BaseSettings):
             for j, name in enumerate(names):
                 if name not in models and name not in groups:
                     errors.append(f"routing.auto.{task}[{j}]: unknown model or group {name!r}")
+        budgets: set[tuple[str, str]] = set()
+        for i, b in enumerate(self.budgets):
+            if (b.key_id, b.period) in budgets:
+                errors.append(f"budgets[{i}]: a second {b.period} budget for key {b.key_id!r}")
+            budgets.add((b.key_id, b.period))
         if errors:
             raise ValueError("; ".join(errors))
         return self

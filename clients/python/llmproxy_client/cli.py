@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 
+from llmproxy.client import usage_cli
 from llmproxy.client.client import LLMProxyClient, build_parameters, build_query_request
 from llmproxy.v1 import llmproxy_pb2 as pb
 
@@ -93,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--filename", default="")
     download.add_argument("--output-dir", "-o", default=".")
     download.set_defaults(handler=cmd_download)
+
+    usage_cli.add_parser(sub, client_args, cmd_usage)
     return parser
 
 
@@ -228,6 +231,13 @@ def cmd_download(args: argparse.Namespace) -> int:
     path = Path(args.output_dir) / response.filename
     path.write_bytes(response.data)
     print(f"wrote {path} ({len(response.data)} bytes, {response.content_type})")
+    return 0
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        response = client.usage(start=args.since, end=args.until, key_id=args.key, model=args.model)
+    print(usage_cli.render(response, args.json))
     return 0
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import grpc
+from google.protobuf import timestamp_pb2
 
 from llmproxy.v1 import llmproxy_pb2 as pb
 from llmproxy.v1 import llmproxy_pb2_grpc
@@ -69,6 +71,19 @@ def build_parameters(temperature=None, max_tokens=None, top_p=None, stop=(), see
     if seed is not None:
         params.seed = seed
     return params
+
+
+def build_usage_request(
+    start: datetime | None = None, end: datetime | None = None, key_id: str = "", model: str = ""
+) -> pb.GetUsageRequest:
+    """Unset start: from the first record; unset end: up to now. Naive datetimes are UTC."""
+    request = pb.GetUsageRequest(key_id=key_id, model=model)
+    for name, value in (("start_time", start), ("end_time", end)):
+        if value is not None:
+            stamp = timestamp_pb2.Timestamp()
+            stamp.FromDatetime(value)
+            getattr(request, name).CopyFrom(stamp)
+    return request
 
 
 def _metadata(api_key: str | None, extra: Sequence[tuple[str, str]] = ()) -> list[tuple[str, str]]:
@@ -163,6 +178,22 @@ class AsyncLLMProxyClient:
             metadata=_metadata(self.api_key),
         )
 
+    async def usage(
+        self,
+        *,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        key_id: str = "",
+        model: str = "",
+        timeout: float | None = None,
+    ) -> pb.GetUsageResponse:
+        """Spend and tokens by UTC day, key and model from the gateway's usage ledger."""
+        return await self.stub.GetUsage(
+            build_usage_request(start, end, key_id, model),
+            timeout=timeout or self.timeout,
+            metadata=_metadata(self.api_key),
+        )
+
 
 class LLMProxyClient:
     """Blocking client for scripts; same methods as the async one."""
@@ -234,6 +265,21 @@ class LLMProxyClient:
     ) -> pb.DownloadResponse:
         return self.stub.Download(
             pb.DownloadRequest(content=content, format=fmt, filename=filename),
+            timeout=timeout or self.timeout,
+            metadata=_metadata(self.api_key),
+        )
+
+    def usage(
+        self,
+        *,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        key_id: str = "",
+        model: str = "",
+        timeout: float | None = None,
+    ) -> pb.GetUsageResponse:
+        return self.stub.GetUsage(
+            build_usage_request(start, end, key_id, model),
             timeout=timeout or self.timeout,
             metadata=_metadata(self.api_key),
         )

@@ -1,0 +1,214 @@
+"""The AccountingStage of the query path: limits before the upstream call, cost and a record after.
+
+Before the first event: drop candidates whose context window cannot hold the
+request (reject when none can) and reserve the worst-case cost against the
+caller's budgets. While streaming: pass events through untouched. At the end,
+however it comes (Completed, an error, the caller cancelling): price the answer,
+settle or release the reservation, and enqueue exactly one ledger record.
+Budget settles run as tasks and the ledger write is an append, so nothing here
+waits on I/O after the answer is complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+from llmproxy.server.core import tokens
+from llmproxy.server.core.accounting.budgets import Budgets, Reservation
+from llmproxy.server.core.accounting.ledger import LedgerWriter
+from llmproxy.server.core.accounting.preflight import (
+    PromptTokens,
+    filter_fitting,
+    worst_case_cost,
+)
+from llmproxy.server.core.accounting.pricing import answer_cost, cost_of
+from llmproxy.server.core.accounting.records import OK, UsageRecord
+from llmproxy.server.core.deployments import Deployment
+from llmproxy.server.domain import (
+    CacheMode,
+    CacheStatus,
+    CallContext,
+    Completed,
+    QueryEvent,
+    QueryInput,
+    Started,
+    TextDelta,
+    Usage,
+)
+from llmproxy.server.errors import LLMProxyError
+
+_FAILED_CACHE_STATUS = {
+    CacheMode.DEFAULT: CacheStatus.MISS.value,
+    CacheMode.BYPASS: CacheStatus.BYPASS.value,
+    CacheMode.REFRESH: CacheStatus.REFRESH.value,
+}
+
+
+class UsageAccounting:
+    def __init__(
+        self,
+        *,
+        budgets: Budgets | None = None,
+        ledger: LedgerWriter | None = None,
+    ) -> None:
+        self.budgets = budgets
+        self.ledger = ledger
+        self._settles: set[asyncio.Task[None]] = set()
+
+    async def track(
+        self,
+        query: QueryInput,
+        ctx: CallContext,
+        candidates: list[Deployment],
+        events: AsyncIterator[QueryEvent],
+    ) -> AsyncIterator[QueryEvent]:
+        started = ctx.started_at or time.perf_counter()
+        prompt = PromptTokens(query)
+        reservation: Reservation | None = None
+        try:
+            filter_fitting(query, candidates, prompt)
+            budgets = self.budgets
+            if budgets is not None and budgets.applies_to(ctx.key_id):
+                estimate = worst_case_cost(query, candidates, prompt)
+                reservation = await budgets.reserve(ctx.key_id, estimate, ctx.deadline_s)
+        except BaseException as error:
+            self._fail(query, ctx, candidates, started, error, None, [], prompt)
+            raise
+        parts: list[str] = []  # kept only to bill a stream that fails or is cancelled
+        serving: Started | None = None
+        done = False
+        try:
+            async for event in events:
+                kind = type(event)
+                if kind is TextDelta:
+                    parts.append(event.text)  # type: ignore[union-attr]
+                elif kind is Completed:
+                    self._complete(query, ctx, candidates, event, reservation)  # type: ignore[arg-type]
+                    done = True
+                elif kind is Started:
+                    serving = event  # type: ignore[assignment]
+                yield event
+        except BaseException as error:  # GeneratorExit and CancelledError included
+            if not done:
+                self._settle(
+                    reservation,
+                    self._fail(query, ctx, candidates, started, error, serving, parts, prompt),
+                )
+            raise
+
+    def _complete(
+        self,
+        query: QueryInput,
+        ctx: CallContext,
+        candidates: list[Deployment],
+        event: Completed,
+        reservation: Reservation | None,
+    ) -> None:
+        cost = event.cost_usd = answer_cost(event, candidates)
+        self._settle(reservation, cost)
+        if self.ledger is None:
+            return
+        usage = event.usage
+        self.ledger.enqueue(
+            UsageRecord(
+                time.time(),
+                query.request_id,
+                ctx.key_id,
+                event.model,
+                event.provider,
+                OK,
+                event.cache_status.value,
+                usage.input_tokens,
+                usage.output_tokens,
+                usage.cached_input_tokens,
+                cost,
+                float(event.response_time_ms),
+                usage.estimated,
+            )
+        )
+
+    def _fail(
+        self,
+        query: QueryInput,
+        ctx: CallContext,
+        candidates: list[Deployment],
+        started: float,
+        error: BaseException,
+        serving: Started | None,
+        parts: list[str],
+        prompt: PromptTokens,
+    ) -> float:
+        """Record a request that did not complete; returns what it cost (0 before any token).
+
+        Tokens already streamed were generated, and providers bill them, so a stream
+        cut off mid-way is charged for the prompt and the text the caller received
+        (counted locally, flagged estimated). That also keeps a caller from dodging
+        a budget by cancelling just before the end.
+        """
+        now = time.perf_counter()
+        deployment = _serving_deployment(candidates, serving)
+        usage, cost = Usage(), 0.0
+        if parts and deployment is not None:
+            model = deployment.config.upstream
+            usage = Usage(prompt.count(deployment), tokens.count_text(model, "".join(parts)))
+            usage.estimated = True
+            cost = cost_of(usage, deployment.config.price)
+        if self.ledger is not None:
+            if serving is not None:
+                model_name, provider = serving.model, serving.provider
+            elif deployment is not None:
+                model_name, provider = deployment.name, deployment.provider_name
+            else:
+                model_name, provider = query.model, ""
+            self.ledger.enqueue(
+                UsageRecord(
+                    time.time(),
+                    query.request_id,
+                    ctx.key_id,
+                    model_name,
+                    provider,
+                    _status(error, ctx, started, now),
+                    _FAILED_CACHE_STATUS.get(query.cache.mode, CacheStatus.MISS.value),
+                    usage.input_tokens,
+                    usage.output_tokens,
+                    0,
+                    cost,
+                    (now - started) * 1000,
+                    usage.estimated,
+                )
+            )
+        return cost
+
+    def _settle(self, reservation: Reservation | None, cost: float) -> None:
+        """Settle off the request's path; a task, so a cancelled request still releases."""
+        if reservation is None or self.budgets is None:
+            return
+        task = asyncio.get_running_loop().create_task(self.budgets.settle(reservation, cost))
+        self._settles.add(task)
+        task.add_done_callback(self._settles.discard)
+
+    async def drain(self) -> None:
+        """Wait for every pending settle (App.stop, after the server has drained)."""
+        while self._settles:
+            await asyncio.gather(*self._settles, return_exceptions=True)
+
+
+def _serving_deployment(candidates: list[Deployment], serving: Started | None) -> Deployment | None:
+    """The deployment that streamed (or, before any token, the first one routed to)."""
+    if serving is not None:
+        for d in candidates:
+            if d.name == serving.model:
+                return d
+    return candidates[0] if candidates else None
+
+
+def _status(error: BaseException, ctx: CallContext, started: float, now: float) -> str:
+    if isinstance(error, LLMProxyError):
+        return error.reason
+    if isinstance(error, asyncio.CancelledError | GeneratorExit):
+        if ctx.deadline_s is not None and now - started >= ctx.deadline_s - 0.005:
+            return "DEADLINE_EXCEEDED"
+        return "CANCELLED"
+    return "INTERNAL"
