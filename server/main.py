@@ -1,10 +1,12 @@
-"""Runs the gateway until SIGTERM or SIGINT, then drains it gracefully."""
+"""Runs the gateway until SIGTERM or SIGINT, then drains it gracefully; SIGHUP reloads routing."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+from collections.abc import Mapping
+from typing import Any
 
 from llmproxy.server.app import build_app
 from llmproxy.server.config import Settings
@@ -13,13 +15,19 @@ from llmproxy.server.logs import configure_logging
 log = logging.getLogger(__name__)
 
 
-async def serve(settings: Settings) -> None:
-    app = build_app(settings)
+async def serve(
+    settings: Settings,
+    config_path: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> None:
+    app = build_app(settings, config_path=config_path, overrides=overrides)
     await app.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if app.reloader is not None:
+        loop.add_signal_handler(signal.SIGHUP, app.reloader.request)
     log.info(
         "listening",
         extra={
@@ -38,11 +46,16 @@ async def serve(settings: Settings) -> None:
         await app.stop()
 
 
-def run(settings: Settings) -> None:
+def run(
+    settings: Settings,
+    config_path: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> None:
+    """`config_path` is the file `settings` came from: SIGHUP and edits to it reload routing."""
     configure_logging(settings.logging)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, config_path, overrides))
     else:
-        uvloop.run(serve(settings))
+        uvloop.run(serve(settings, config_path, overrides))

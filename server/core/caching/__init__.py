@@ -1,0 +1,1 @@
+"""Response caching: exact and semantic caches, their tiers, and request coalescing."""
