@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import httpx
@@ -21,7 +23,6 @@ from llmproxy.server.core.accounting.service import Accounting, build_accounting
 from llmproxy.server.core.caching.stage import ResponseCache
 from llmproxy.server.core.caching.wiring import build_cache
 from llmproxy.server.core.catalog import Catalog
-from llmproxy.server.core.deployments import Deployment
 from llmproxy.server.core.executor import Executor
 from llmproxy.server.core.parallel import ParallelQueryService
 from llmproxy.server.core.query import QueryService
@@ -33,6 +34,7 @@ from llmproxy.server.providers.base import Provider, ProviderSettings
 from llmproxy.server.providers.http import HttpClientSettings, build_http_client
 from llmproxy.server.providers.keys import KeyPool
 from llmproxy.server.providers.registry import provider_class
+from llmproxy.server.reload import ConfigReloader, RoutingTables
 from llmproxy.v1 import llmproxy_pb2, llmproxy_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -74,12 +76,21 @@ class App:
     cache: ResponseCache | None = None
     # Cost, budgets and the usage ledger: App.start/stop run its ledger writer.
     accounting: Accounting | None = None
+    # Reloads the routing table on SIGHUP and file change; None without a config file.
+    reloader: ConfigReloader | None = None
     server: grpc.aio.Server | None = None
     health: health.aio.HealthServicer | None = None
     grpc_port: int = 0
     http_port: int = 0
     _http_runner: web.AppRunner | None = None
     _serving: bool = field(default=False)
+
+    def swap_catalog(self, catalog: Catalog) -> None:
+        """Point every reader at a reloaded routing table, all in one step (no await)."""
+        self.catalog = catalog
+        self.queries.router.catalog = catalog
+        self.status.catalog = catalog
+        self.metrics.models = frozenset(catalog.known_names())
 
     async def start(self) -> None:
         cfg = self.settings.server
@@ -101,6 +112,8 @@ class App:
         address = f"{cfg.host}:{cfg.grpc_port}"
         self.grpc_port = self._bind(address)
         await self.server.start()
+        if self.reloader is not None:
+            self.reloader.start()
         if cfg.http_port >= 0:
             runner = web.AppRunner(
                 build_http_app(self.registry, lambda: self._serving), access_log=None
@@ -143,29 +156,32 @@ class App:
             await self.accounting.stop()
         if self._http_runner is not None:
             await self._http_runner.cleanup()
+        if self.reloader is not None:
+            await self.reloader.stop()
         await asyncio.gather(*(c.aclose() for c in self.http_clients), return_exceptions=True)
         if self.cache is not None:
             await self.cache.close()
         log.info("llmproxy stopped")
 
 
-def build_app(settings: Settings) -> App:
-    providers: dict[str, Provider] = {}
-    clients: list[httpx.AsyncClient] = []
-    for config in settings.providers:
-        provider, client = build_provider(config, settings)
-        providers[config.name] = provider
-        if client is not None:
-            clients.append(client)
-    deployments = [Deployment(m, providers[m.provider]) for m in settings.models]
-    catalog = Catalog(deployments, settings.groups, settings.routing)
+def build_app(
+    settings: Settings,
+    *,
+    config_path: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> App:
+    """`config_path` (the file `settings` came from) enables reloading the routing table."""
     registry = CollectorRegistry()
-    metrics = Metrics(registry, models=catalog.known_names(), providers=providers)
+    names = [*(m.name for m in settings.models), *(g.name for g in settings.groups), "auto"]
+    metrics = Metrics(registry, models=names, providers=[p.name for p in settings.providers])
+    tables = RoutingTables(build_provider, observer=metrics)
+    catalog = tables.build(settings)
+    clients = tables.clients
     cache = build_cache(settings.cache)
-    queries = QueryService(Router(catalog), Executor(), cache=cache)
+    queries = QueryService(Router(catalog), Executor(metrics), cache=cache)
     accounting = build_accounting(settings, catalog, registry)
     queries.accounting = accounting.stage
-    return App(
+    app = App(
         settings=settings,
         catalog=catalog,
         queries=queries,
@@ -181,3 +197,13 @@ def build_app(settings: Settings) -> App:
         cache=cache,
         metrics=metrics,
     )
+    if config_path is not None:
+        app.reloader = ConfigReloader(
+            tables,
+            config_path,
+            settings=settings,
+            current=lambda: app.queries.router.catalog,
+            swap=app.swap_catalog,
+            overrides=overrides,
+        )
+    return app

@@ -1,12 +1,26 @@
-"""Runs a request against its candidate deployments, falling back before the first token."""
+"""Runs a request against its candidate deployments: retries, fallback and hedging, all
+before the first token; once text has reached the caller an attempt is never repeated."""
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
+from llmproxy.server.config.routing import HedgeConfig
 from llmproxy.server.core import tokens
 from llmproxy.server.core.deployments import Deployment
+from llmproxy.server.core.router import Plan
+from llmproxy.server.core.routing.hedge import HedgeRace
+from llmproxy.server.core.routing.observer import NULL_OBSERVER, RoutingObserver
+from llmproxy.server.core.routing.policy import (
+    counts_against,
+    falls_back,
+    remaining_after,
+    retry_delay,
+)
 from llmproxy.server.domain import (
     Attempt,
     CallContext,
@@ -21,64 +35,166 @@ from llmproxy.server.domain import (
 )
 from llmproxy.server.errors import (
     DeadlineExceededError,
-    LLMProxyError,
     UnavailableError,
-    UpstreamContextTooLongError,
     UpstreamError,
-    UpstreamInvalidRequestError,
 )
 
+# Attempt.error_reason of an attempt cut short by us (hedge lost) or by the caller leaving.
+CANCELLED = "CANCELLED"
 
-def may_fall_back(error: LLMProxyError) -> bool:
-    """Another deployment may succeed where this one failed, unless the caller's input is bad.
 
-    A context-too-long error does fall back: a larger-context model may fit.
-    """
-    if isinstance(error, UpstreamContextTooLongError):
-        return True
-    return isinstance(error, UpstreamError) and not isinstance(error, UpstreamInvalidRequestError)
+@dataclass(slots=True)
+class _Run:
+    """One request's bookkeeping across all of its attempts."""
+
+    query: QueryInput
+    ctx: CallContext
+    started_at: float
+    deadline: float | None
+    attempts: list[Attempt] = field(default_factory=list)
+    # Seconds spent inside upstream calls, for the proxy-overhead figure.
+    upstream_s: float = 0.0
+    # Whether the last attempt raced a hedge (so both candidates are used up).
+    hedged: bool = False
 
 
 class Executor:
+    def __init__(
+        self, observer: RoutingObserver = NULL_OBSERVER, *, rng: random.Random | None = None
+    ) -> None:
+        self.observer = observer
+        # Optional on observers (see routing.observer); looked up once, not per hedge.
+        self._on_hedge = getattr(observer, "hedge", None)
+        self.rng = rng or random.Random()
+
     async def stream(
         self, candidates: list[Deployment], query: QueryInput, ctx: CallContext
     ) -> AsyncIterator[QueryEvent]:
+        plan = candidates if isinstance(candidates, Plan) else _plan_of(candidates)
+        resilience = plan.resilience
         started_at = ctx.started_at or time.perf_counter()
         deadline = None if ctx.deadline_s is None else started_at + ctx.deadline_s
-        attempts: list[Attempt] = []
-        # Seconds spent inside upstream calls, for the proxy-overhead figure.
-        upstream_s: list[float] = []
-        last_error: LLMProxyError | None = None
-        for deployment in candidates:
-            if deadline is not None and time.perf_counter() >= deadline:
-                raise DeadlineExceededError(
-                    "deadline passed before an upstream attempt could start"
-                )
-            try:
-                async for event in self._attempt(
-                    deployment, query, ctx, started_at, attempts, upstream_s
-                ):
-                    yield event
-                return
-            except UpstreamError as error:
-                if not may_fall_back(error) or error.metadata.get("streamed") == "true":
-                    error.metadata.setdefault("attempts", str(len(attempts)))
-                    raise
-                last_error = error
-        if last_error is None:
-            raise UnavailableError("no deployment is available for this request")
-        last_error.metadata.setdefault("attempts", str(len(attempts)))
-        raise last_error
+        run = _Run(query, ctx, started_at, deadline)
+        if deadline is not None and time.perf_counter() >= deadline:
+            raise DeadlineExceededError("deadline passed before an upstream attempt could start")
+        catalog = plan.catalog
+        if catalog is not None:
+            catalog.active += 1
+        pending = list(plan)
+        last_error: UpstreamError | None = None
+        out_of_time = False
+        try:
+            while pending:
+                deployment = pending.pop(0)
+                tries, wait = 0, 0.0
+                while True:
+                    if not self._fits(run, deployment, wait):
+                        out_of_time = True
+                        break
+                    if wait:
+                        await asyncio.sleep(wait)
+                    if not deployment.breaker.acquire():
+                        break  # opened since the plan was made: skipped, nothing spent
+                    tries += 1
+                    run.hedged = False
+                    try:
+                        if plan.hedge is not None and pending:
+                            events = self._hedged(deployment, pending, plan.hedge, run)
+                        else:
+                            events = self._attempt(deployment, run)
+                        async for event in events:
+                            yield event
+                        return
+                    except UpstreamError as error:
+                        if error.metadata.get("streamed") == "true":
+                            error.metadata.setdefault("attempts", str(len(run.attempts)))
+                            raise
+                        last_error = error
+                        delay = None if run.hedged else self._retry_delay(error, tries, plan)
+                        if delay is None:
+                            break
+                        self.observer.retry(deployment.provider_name, deployment.name)
+                        wait = delay
+                if last_error is not None:
+                    if not falls_back(last_error, resilience):
+                        last_error.metadata.setdefault("attempts", str(len(run.attempts)))
+                        raise last_error
+                    pending = remaining_after(last_error, deployment, pending)
+                    if pending:
+                        self.observer.fallback(deployment.name, pending[0].name)
+        finally:
+            if catalog is not None:
+                catalog.active -= 1
+        if last_error is not None:
+            last_error.metadata.setdefault("attempts", str(len(run.attempts)))
+            raise last_error
+        if out_of_time:
+            raise DeadlineExceededError(
+                "no candidate can finish before the deadline, judging by its observed latency"
+            )
+        raise UnavailableError("no deployment is available for this request (circuits open)")
 
-    async def _attempt(
+    def _retry_delay(self, error: UpstreamError, tries: int, plan: Plan) -> float | None:
+        return retry_delay(error, tries, plan.resilience.retries, self.rng)
+
+    @staticmethod
+    def _fits(run: _Run, deployment: Deployment, wait: float = 0.0) -> bool:
+        """Never start an attempt that, by its observed latency, ends after the deadline."""
+        if run.deadline is None:
+            return True
+        expected = deployment.stats.expected_latency_s()
+        return time.perf_counter() + wait + expected < run.deadline
+
+    async def _hedged(
         self,
-        deployment: Deployment,
-        query: QueryInput,
-        ctx: CallContext,
-        started_at: float,
-        attempts: list[Attempt],
-        upstream_s: list[float],
+        primary: Deployment,
+        pending: list[Deployment],
+        hedge: HedgeConfig,
+        run: _Run,
     ) -> AsyncIterator[QueryEvent]:
+        after_s = _hedge_after(primary, hedge)
+        if after_s is None:
+            async for event in self._attempt(primary, run):
+                yield event
+            return
+        racing = [primary]
+
+        def start_backup() -> AsyncIterator[QueryEvent] | None:
+            # The backup leaves `pending`: whatever happens, it is not tried again.
+            while pending:
+                backup = pending.pop(0)
+                if self._fits(run, backup) and backup.breaker.acquire():
+                    racing.append(backup)
+                    run.hedged = True
+                    if self._on_hedge is not None:
+                        self._on_hedge(backup.provider_name, backup.name)
+                    return self._attempt(backup, run)
+            return None
+
+        race = HedgeRace(self._attempt(primary, run), start_backup, after_s)
+        async for event in race.events():
+            if type(event) is Completed:
+                # The winner may have finished before the loser's cancellation was recorded.
+                event.attempts = list(run.attempts)
+                if race.cancelled:
+                    # The cancelled attempt had already sent the prompt: count its input too.
+                    lost = racing[race.cancelled[0]]
+                    extra = tokens.count_messages(lost.config.upstream, run.query.messages)
+                    event.usage = Usage(
+                        event.usage.input_tokens + extra,
+                        event.usage.output_tokens,
+                        event.usage.cached_input_tokens,
+                        estimated=True,
+                    )
+            yield event
+
+    async def _attempt(self, deployment: Deployment, run: _Run) -> AsyncIterator[QueryEvent]:
+        """One upstream call; the caller has acquired the deployment's breaker.
+
+        Every way out records the outcome once: success, failure, or cancelled
+        (caller gone, deadline, hedge lost), which releases the breaker untouched.
+        """
+        query, ctx = run.query, run.ctx
         request = ChatRequest(
             model=deployment.config.upstream,
             messages=query.messages,
@@ -91,6 +207,7 @@ class Executor:
         first_token_at: float | None = None
         finish: Finish | None = None
         parts: list[str] = []
+        settled = False
         stats.in_flight += 1
         try:
             async for event in deployment.provider.stream(request):
@@ -102,30 +219,46 @@ class Executor:
                     yield event
                 else:
                     finish = event  # type: ignore[assignment]
+            upstream_done = time.perf_counter()
+            settled = True
+            stats.in_flight -= 1
         except UpstreamError as error:
+            settled = True
+            stats.in_flight -= 1
             spent = time.perf_counter() - t0
-            upstream_s.append(spent)
-            attempts.append(
+            run.upstream_s += spent
+            run.attempts.append(
                 Attempt(deployment.name, deployment.provider_name, error.reason, int(spent * 1000))
             )
             stats.record_failure(error.reason)
+            if counts_against(error):
+                deployment.breaker.record_failure()
+            else:
+                deployment.breaker.release()
+            self.observer.upstream_error(deployment.provider_name, deployment.name, error.reason)
             if first_token_at is not None:
                 error.metadata["streamed"] = "true"
             raise
         finally:
-            stats.in_flight -= 1
-        upstream_done = time.perf_counter()
+            if not settled:
+                stats.in_flight -= 1
+                deployment.breaker.release()
+                spent_ms = int((time.perf_counter() - t0) * 1000)
+                run.attempts.append(
+                    Attempt(deployment.name, deployment.provider_name, CANCELLED, spent_ms)
+                )
         if first_token_at is None:
             first_token_at = upstream_done
             yield Started(deployment.name, deployment.provider_name)
         assert finish is not None, "provider stream ended without a Finish event"
         usage = finish.usage or self._estimate_usage(deployment, query, "".join(parts))
         latency_ms = (upstream_done - t0) * 1000
-        ttft_ms = (first_token_at - t0) * 1000
-        stats.record_success(latency_ms, ttft_ms)
-        attempts.append(Attempt(deployment.name, deployment.provider_name, "", int(latency_ms)))
-        upstream_s.append(upstream_done - t0)
+        stats.record_success(latency_ms, (first_token_at - t0) * 1000)
+        deployment.breaker.record_success()
+        run.attempts.append(Attempt(deployment.name, deployment.provider_name, "", int(latency_ms)))
+        run.upstream_s += upstream_done - t0
         now = time.perf_counter()
+        started_at = run.started_at
         yield Completed(
             model=deployment.name,
             provider=deployment.provider_name,
@@ -134,8 +267,8 @@ class Executor:
             raw_finish_reason=finish.raw_reason,
             response_time_ms=int((now - started_at) * 1000),
             time_to_first_token_ms=int((first_token_at - started_at) * 1000),
-            proxy_overhead_us=max(int((now - started_at - sum(upstream_s)) * 1_000_000), 0),
-            attempts=list(attempts),
+            proxy_overhead_us=max(int((now - started_at - run.upstream_s) * 1_000_000), 0),
+            attempts=list(run.attempts),
         )
 
     @staticmethod
@@ -146,3 +279,17 @@ class Executor:
             output_tokens=tokens.count_text(model, text),
             estimated=True,
         )
+
+
+def _plan_of(candidates: list[Deployment]) -> Plan:
+    plan = Plan()
+    plan.extend(candidates)
+    return plan
+
+
+def _hedge_after(primary: Deployment, hedge: HedgeConfig) -> float | None:
+    """Seconds to wait for the first token before hedging; None: not hedging (yet)."""
+    stats = primary.stats
+    if hedge.after_p95 and stats.samples >= hedge.min_samples:
+        return stats.ttft_p95_ms() / 1000.0
+    return None if hedge.after_ms is None else hedge.after_ms / 1000.0

@@ -104,10 +104,11 @@ class StatusService:
             task_types=list(d.config.task_types),
             health=health,
             in_flight=d.stats.in_flight,
-            error_rate=d.stats.error_rate(),
+            error_rate=d.breaker.error_rate(),
             last_error=d.stats.last_error,
             latency_p50_ms=percentile(latencies, 0.5),
             latency_p95_ms=percentile(latencies, 0.95),
             ttft_p50_ms=percentile(ttfts, 0.5),
             ttft_p95_ms=percentile(ttfts, 0.95),
+            circuit_state=d.breaker.state.value,
         )
