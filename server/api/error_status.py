@@ -99,4 +99,7 @@ def internal_status(request_id: str) -> status_pb2.Status:
 
 
 async def abort(context: grpc.aio.ServicerContext, status: status_pb2.Status) -> None:
-    await context.abort_with_status(rpc_status.to_status(status))
+    # What abort_with_status does, but through abort(): wrappers of the context
+    # (OpenTelemetry's server interceptor) see the code and record it on the span.
+    grpc_status = rpc_status.to_status(status)
+    await context.abort(grpc_status.code, grpc_status.details, grpc_status.trailing_metadata)
