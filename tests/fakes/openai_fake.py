@@ -122,6 +122,11 @@ def validate(headers: dict[str, str], body: dict, config: FakeConfig | None = No
     auth = headers.get("authorization", "")
     if not auth.startswith("Bearer ") or auth[len("Bearer ") :] not in config.keys:
         return "auth"
+    return validate_body(headers, body, config)
+
+
+def validate_body(headers: dict[str, str], body: dict, config: FakeConfig) -> str | None:
+    """The first problem with a request's headers (other than auth) and body, or None."""
     for name, value in config.required_headers.items():
         if headers.get(name) != value:
             return f"missing header {name}"
