@@ -1,69 +1,30 @@
-"""Mistral's chat completions API: its field names, its stream's usage, and its error bodies.
+"""Mistral's chat completions API: its field names, its stream's usage and finish reasons.
 
 `base_url` is the server root (default https://api.mistral.ai; a trailing /v1 is
 tolerated). Options: `safe_prompt` (bool, prepend Mistral's safety prompt).
 Mistral refuses unknown fields with a 422, so only its documented fields are sent:
 `random_seed` instead of `seed`, and no `stream_options` (usage comes in the last chunk).
+Its error bodies (`{"object": "error", ...}`, 422 `detail` lists, its gateway's bare
+`{"message": ...}`) are all read by the shared OpenAI-style parser.
 """
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import httpx
-import orjson
 
 from llmproxy.server.domain import ChatRequest
-from llmproxy.server.errors import UpstreamError, UpstreamUnavailableError
+from llmproxy.server.errors import UpstreamUnavailableError
 from llmproxy.server.providers.base import ProviderSettings
 from llmproxy.server.providers.http_chat import option
 from llmproxy.server.providers.keys import KeyPool
 from llmproxy.server.providers.openai_compat import (
     ChunkDecoder,
-    ErrorBody,
     OpenAICompatibleProvider,
     build_body,
-    classify_error_body,
     parse_usage,
 )
-
-
-def describe_detail(detail: list[Any]) -> str:
-    """A 422's pydantic-style `detail` list as one line: "body.model: Field required"."""
-    parts = []
-    for item in detail[:5]:
-        if isinstance(item, dict):
-            loc = ".".join(str(p) for p in item.get("loc") or ())
-            parts.append(f"{loc}: {item.get('msg', '')}" if loc else str(item.get("msg", "")))
-        else:
-            parts.append(str(item))
-    return "; ".join(parts)
-
-
-def parse_mistral_error(body: bytes) -> ErrorBody:
-    """Every shape Mistral answers with: `{"object": "error", "message": str | {"detail": [...]},
-    "type", "code"}`, a bare `{"detail": [...]}` (422), and `{"message": ...}` from its gateway."""
-    try:
-        obj = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return ErrorBody(body[:200].decode("utf-8", "replace").strip())
-    if not isinstance(obj, dict):
-        return ErrorBody(str(obj)[:500])
-    message: Any = obj.get("message")
-    if isinstance(message, str) and message.startswith("{"):
-        with contextlib.suppress(orjson.JSONDecodeError):
-            message = orjson.loads(message)
-    if isinstance(message, dict) and "detail" in message:
-        message = message["detail"]
-    if message is None:
-        message = obj.get("detail", "")
-    if isinstance(message, list):
-        message = describe_detail(message)
-    code = obj.get("code")
-    return ErrorBody(
-        str(message)[:500], str(obj.get("type") or ""), "" if code is None else str(code)
-    )
 
 
 def text_of(content: Any) -> str:
@@ -123,13 +84,6 @@ class MistralProvider(OpenAICompatibleProvider):
 
     def new_decoder(self) -> MistralDecoder:
         return MistralDecoder(self.name, self.stream_error)
-
-    def classify_error(self, status: int, headers: httpx.Headers, body: bytes) -> UpstreamError:
-        return self.classify_error_obj(status, headers, parse_mistral_error(body))
-
-    def stream_error(self, error: Any) -> UpstreamError:
-        err = parse_mistral_error(orjson.dumps(error))
-        return classify_error_body(500, None, err, provider=self.name)
 
     def models_url(self) -> str | None:
         return self.base_url + "/v1/models"

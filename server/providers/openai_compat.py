@@ -90,17 +90,45 @@ class ErrorBody:
     param: str = ""
 
 
+def describe_detail(detail: list[Any]) -> str:
+    """A pydantic-style `detail` list (FastAPI servers, Mistral's 422) as one line."""
+    parts = []
+    for item in detail[:5]:
+        if isinstance(item, dict):
+            loc = ".".join(str(p) for p in item.get("loc") or ())
+            parts.append(f"{loc}: {item.get('msg', '')}" if loc else str(item.get("msg", "")))
+        else:
+            parts.append(str(item))
+    return "; ".join(parts)
+
+
+def describe(message: Any) -> str:
+    """An error message that may be a string, JSON in a string, or a `{"detail": [...]}`."""
+    if isinstance(message, str):
+        if not message.startswith("{"):
+            return message
+        try:
+            message = orjson.loads(message)
+        except orjson.JSONDecodeError:
+            return message
+    if isinstance(message, dict) and "detail" in message:
+        message = message["detail"]
+    if isinstance(message, list):
+        return describe_detail(message)
+    return message if isinstance(message, str) else orjson.dumps(message).decode()
+
+
 def parse_error(obj: Any) -> ErrorBody:
-    """Reads `{"error": {...}}`, a bare error object, or `{"message": ...}` alike."""
+    """Reads `{"error": {...}}`, a bare error object, `{"message": ...}` or `{"detail": [...]}`."""
     err = obj.get("error", obj) if isinstance(obj, dict) else obj
     if not isinstance(err, dict):
         return ErrorBody(str(err)[:500])
-    message = err.get("message") or err.get("detail") or ""
-    if not isinstance(message, str):
-        message = orjson.dumps(message).decode()
+    message = err.get("message")
+    if message is None:
+        message = err.get("detail", "")
     code = err.get("code")
     return ErrorBody(
-        message[:500],
+        describe(message)[:500],
         str(err.get("type") or ""),
         "" if code is None else str(code),
         str(err.get("param") or ""),
@@ -219,6 +247,8 @@ class OpenAICompatibleProvider(HttpChatProvider):
         the object carries a numeric code)."""
         err = parse_error(error)
         status = int(err.code) if err.code.isdigit() else 500
+        if not 400 <= status < 600:  # e.g. Mistral's own codes ("1300"), not HTTP statuses
+            status = 500
         return self.classify_error_obj(status, None, err)
 
     def classify_error_obj(
