@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,6 +84,8 @@ class App:
     http_port: int = 0
     _http_runner: web.AppRunner | None = None
     _serving: bool = field(default=False)
+    # Awaited by stop() after the server drains (e.g. the rate limiter's Redis client).
+    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     def swap_catalog(self, catalog: Catalog) -> None:
         """Point every reader at a reloaded routing table, all in one step (no await)."""
@@ -154,6 +156,8 @@ class App:
         if self.accounting is not None:
             # After the drain: every finished request's record is in the DB before we return.
             await self.accounting.stop()
+        for close in self.on_stop:
+            await close()
         if self._http_runner is not None:
             await self._http_runner.cleanup()
         if self.reloader is not None:
