@@ -38,6 +38,7 @@ from llmproxy.server.errors import (
     UnavailableError,
     UpstreamError,
 )
+from llmproxy.server.observability import spans
 
 # Attempt.error_reason of an attempt cut short by us (hedge lost) or by the caller leaving.
 CANCELLED = "CANCELLED"
@@ -195,12 +196,19 @@ class Executor:
         (caller gone, deadline, hedge lost), which releases the breaker untouched.
         """
         query, ctx = run.query, run.ctx
+        # A child of the RPC's server span (None when not tracing); upstream continues it.
+        span = spans.start_attempt(
+            deployment.name,
+            deployment.provider_name,
+            deployment.config.upstream,
+            len(run.attempts) + 1,
+        )
         request = ChatRequest(
             model=deployment.config.upstream,
             messages=query.messages,
             params=query.params,
             request_id=query.request_id,
-            headers=(("traceparent", ctx.traceparent),) if ctx.traceparent else (),
+            headers=spans.trace_headers(span, ctx.traceparent),
         )
         stats = deployment.stats
         t0 = time.perf_counter()
@@ -236,11 +244,13 @@ class Executor:
             else:
                 deployment.breaker.release()
             self.observer.upstream_error(deployment.provider_name, deployment.name, error.reason)
+            spans.end_attempt(span, error_reason=error.reason)
             if first_token_at is not None:
                 error.metadata["streamed"] = "true"
             raise
         finally:
             if not settled:
+                spans.end_attempt(span, error_reason=CANCELLED)
                 stats.in_flight -= 1
                 deployment.breaker.release()
                 spent_ms = int((time.perf_counter() - t0) * 1000)
@@ -252,6 +262,7 @@ class Executor:
             yield Started(deployment.name, deployment.provider_name)
         assert finish is not None, "provider stream ended without a Finish event"
         usage = finish.usage or self._estimate_usage(deployment, query, "".join(parts))
+        spans.end_attempt(span, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
         latency_ms = (upstream_done - t0) * 1000
         stats.record_success(latency_ms, (first_token_at - t0) * 1000)
         deployment.breaker.record_success()

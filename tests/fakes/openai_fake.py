@@ -14,6 +14,7 @@ then `data: [DONE]`. The requested model name picks a scenario:
   mid-stream-error      chunks, then an error event      truncated   chunks, no [DONE]
   malformed             a chunk that is not JSON          no-usage    no usage chunk
   reset                 chunks, then the connection is aborted
+  keepalive             SSE comment lines between chunks (as OpenRouter sends)
   o1* / o3* / o4* / gpt-5*  reasoning models: `max_tokens` refused as OpenAI does
 
 `openai_app(...)` options make the same fake stand in for OpenAI-compatible
@@ -69,6 +70,8 @@ class FakeConfig:
     models_delay_s: float = 0.0
     # Usage on the finish chunk, as several compatible servers send it without stream_options.
     usage_on_finish: bool = False
+    # Local servers (vLLM, LM Studio) often run without any key.
+    auth_required: bool = True
 
 
 CONFIG = web.AppKey("openai_fake_config", FakeConfig)
@@ -119,10 +122,14 @@ def _number(value: object) -> bool:
 def validate(headers: dict[str, str], body: dict, config: FakeConfig | None = None) -> str | None:
     """The first problem with a request, or None ("auth" when the key is unknown)."""
     config = config or FakeConfig()
-    auth = headers.get("authorization", "")
-    if not auth.startswith("Bearer ") or auth[len("Bearer ") :] not in config.keys:
+    if config.auth_required and not authorized(headers, config):
         return "auth"
     return validate_body(headers, body, config)
+
+
+def authorized(headers: dict[str, str], config: FakeConfig) -> bool:
+    auth = headers.get("authorization", "")
+    return auth.startswith("Bearer ") and auth[len("Bearer ") :] in config.keys
 
 
 def validate_body(headers: dict[str, str], body: dict, config: FakeConfig) -> str | None:
@@ -319,6 +326,9 @@ async def stream_answer(request, body, fake, config: FakeConfig) -> web.StreamRe
                 err = error_body("The server had an error while processing", "server_error")
                 await response.write(b"data: " + err + b"\n\n")
                 return response
+            if model == "keepalive":
+                # OpenRouter-style SSE comments between chunks, CRLF line endings.
+                await response.write(b": OPENROUTER PROCESSING\r\n\r\n")
             await response.write(chunk(model, {"content": word}))
         if model == "truncated":
             return response
@@ -355,8 +365,7 @@ async def models(request: web.Request) -> web.Response:
     config = request.app.get(CONFIG) or FakeConfig()
     if config.models_delay_s:
         await asyncio.sleep(config.models_delay_s)
-    auth = entry.headers.get("authorization", "")
-    if not auth.startswith("Bearer ") or auth[len("Bearer ") :] not in config.keys:
+    if config.auth_required and not authorized(entry.headers, config):
         return unauthorized()
     if (refusal := key_refusal(entry.headers, config)) is not None:
         return refusal
