@@ -192,7 +192,8 @@ async def test_fallback_answer_is_stored_under_the_model_that_answered(upstream)
 
 
 async def test_cache_switched_off_builds_no_stage(upstream):
-    config = gateway_config(upstream.base_url, cache={"exact": {"enabled": False}, "coalesce": False})
+    cache = {"exact": {"enabled": False}, "coalesce": False}
+    config = gateway_config(upstream.base_url, cache=cache)
     async with running_client(settings_for(config)) as (app, client):
         assert app.cache is None and app.queries.cache is None
         await ask(client)
