@@ -69,9 +69,6 @@ class CacheConfig(Section):
 SQL_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,47}$"
 
 
-SQL_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,47}$"
-
-
 class LedgerConfig(Section):
     """Where usage records go. Writes are batched off the request path (see accounting.ledger).
 
