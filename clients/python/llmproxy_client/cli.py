@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 
-from llmproxy.client import usage_cli
+from llmproxy.client import keys_cli, usage_cli
 from llmproxy.client.client import LLMProxyClient, build_parameters, build_query_request
 from llmproxy.v1 import llmproxy_pb2 as pb
 
@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     download.set_defaults(handler=cmd_download)
 
     usage_cli.add_parser(sub, client_args, cmd_usage)
+    keys_cli.add_parser(sub)
     return parser
 
 

@@ -86,8 +86,19 @@ def build_usage_request(
     return request
 
 
-def _metadata(api_key: str | None, extra: Sequence[tuple[str, str]] = ()) -> list[tuple[str, str]]:
-    md = [("authorization", f"Bearer {api_key}")] if api_key else []
+API_KEY_HEADERS = ("authorization", "x-api-key")
+
+
+def _metadata(
+    api_key: str | None, extra: Sequence[tuple[str, str]] = (), header: str = "authorization"
+) -> list[tuple[str, str]]:
+    """The key as `authorization: Bearer <key>` (default) or `x-api-key: <key>`."""
+    if not api_key:
+        md = []
+    elif header == "x-api-key":
+        md = [("x-api-key", api_key)]
+    else:
+        md = [("authorization", f"Bearer {api_key}")]
     return md + list(extra)
 
 
@@ -99,6 +110,7 @@ class AsyncLLMProxyClient:
         target: str = "localhost:50051",
         *,
         api_key: str | None = None,
+        api_key_header: str = "authorization",
         timeout: float | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         channel: grpc.aio.Channel | None = None,
@@ -112,6 +124,9 @@ class AsyncLLMProxyClient:
         self.channel = channel
         self.stub = llmproxy_pb2_grpc.LLMProxyStub(channel)
         self.api_key = api_key
+        if api_key_header not in API_KEY_HEADERS:
+            raise ValueError(f"api_key_header must be one of {API_KEY_HEADERS}")
+        self.api_key_header = api_key_header
         self.timeout = timeout
 
     async def __aenter__(self) -> AsyncLLMProxyClient:
@@ -132,7 +147,9 @@ class AsyncLLMProxyClient:
     ) -> AsyncIterator[pb.QueryResponse]:
         """Query events as they arrive: start, deltas, done."""
         return self.stub.Query(
-            request, timeout=timeout or self.timeout, metadata=_metadata(self.api_key, metadata)
+            request,
+            timeout=timeout or self.timeout,
+            metadata=_metadata(self.api_key, metadata, self.api_key_header),
         )
 
     async def query(self, query: str = "", **kwargs) -> QueryResult:
@@ -152,7 +169,9 @@ class AsyncLLMProxyClient:
         metadata: Sequence[tuple[str, str]] = (),
     ) -> AsyncIterator[pb.ParallelQueryResponse]:
         return self.stub.ParallelQuery(
-            request, timeout=timeout or self.timeout, metadata=_metadata(self.api_key, metadata)
+            request,
+            timeout=timeout or self.timeout,
+            metadata=_metadata(self.api_key, metadata, self.api_key_header),
         )
 
     async def status(
@@ -161,7 +180,7 @@ class AsyncLLMProxyClient:
         return await self.stub.Status(
             pb.StatusRequest(refresh=refresh),
             timeout=timeout or self.timeout,
-            metadata=_metadata(self.api_key),
+            metadata=_metadata(self.api_key, (), self.api_key_header),
         )
 
     async def download(
@@ -175,7 +194,7 @@ class AsyncLLMProxyClient:
         return await self.stub.Download(
             pb.DownloadRequest(content=content, format=fmt, filename=filename),
             timeout=timeout or self.timeout,
-            metadata=_metadata(self.api_key),
+            metadata=_metadata(self.api_key, (), self.api_key_header),
         )
 
     async def usage(
@@ -191,7 +210,7 @@ class AsyncLLMProxyClient:
         return await self.stub.GetUsage(
             build_usage_request(start, end, key_id, model),
             timeout=timeout or self.timeout,
-            metadata=_metadata(self.api_key),
+            metadata=_metadata(self.api_key, (), self.api_key_header),
         )
 
 
@@ -203,6 +222,7 @@ class LLMProxyClient:
         target: str = "localhost:50051",
         *,
         api_key: str | None = None,
+        api_key_header: str = "authorization",
         timeout: float | None = None,
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
@@ -213,6 +233,9 @@ class LLMProxyClient:
         )
         self.stub = llmproxy_pb2_grpc.LLMProxyStub(self.channel)
         self.api_key = api_key
+        if api_key_header not in API_KEY_HEADERS:
+            raise ValueError(f"api_key_header must be one of {API_KEY_HEADERS}")
+        self.api_key_header = api_key_header
         self.timeout = timeout
 
     def __enter__(self) -> LLMProxyClient:
@@ -232,7 +255,9 @@ class LLMProxyClient:
         metadata: Sequence[tuple[str, str]] = (),
     ) -> Iterator[pb.QueryResponse]:
         return self.stub.Query(
-            request, timeout=timeout or self.timeout, metadata=_metadata(self.api_key, metadata)
+            request,
+            timeout=timeout or self.timeout,
+            metadata=_metadata(self.api_key, metadata, self.api_key_header),
         )
 
     def query(self, query: str = "", **kwargs) -> QueryResult:
@@ -245,14 +270,16 @@ class LLMProxyClient:
         self, request: pb.ParallelQueryRequest, *, timeout: float | None = None
     ) -> Iterator[pb.ParallelQueryResponse]:
         return self.stub.ParallelQuery(
-            request, timeout=timeout or self.timeout, metadata=_metadata(self.api_key)
+            request,
+            timeout=timeout or self.timeout,
+            metadata=_metadata(self.api_key, (), self.api_key_header),
         )
 
     def status(self, *, refresh: bool = False, timeout: float | None = None) -> pb.StatusResponse:
         return self.stub.Status(
             pb.StatusRequest(refresh=refresh),
             timeout=timeout or self.timeout,
-            metadata=_metadata(self.api_key),
+            metadata=_metadata(self.api_key, (), self.api_key_header),
         )
 
     def download(
@@ -266,7 +293,7 @@ class LLMProxyClient:
         return self.stub.Download(
             pb.DownloadRequest(content=content, format=fmt, filename=filename),
             timeout=timeout or self.timeout,
-            metadata=_metadata(self.api_key),
+            metadata=_metadata(self.api_key, (), self.api_key_header),
         )
 
     def usage(
@@ -281,5 +308,5 @@ class LLMProxyClient:
         return self.stub.GetUsage(
             build_usage_request(start, end, key_id, model),
             timeout=timeout or self.timeout,
-            metadata=_metadata(self.api_key),
+            metadata=_metadata(self.api_key, (), self.api_key_header),
         )
