@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from llmproxy.server.api.http import build_http_app
+from llmproxy.server.api.rest import RestShim
 from llmproxy.server.api.servicer import LLMProxyServicer
 from llmproxy.server.config import Settings
 from llmproxy.server.config.providers import ProviderConfig
@@ -83,6 +84,7 @@ class App:
     grpc_port: int = 0
     http_port: int = 0
     _http_runner: web.AppRunner | None = None
+    _rest_channel: grpc.aio.Channel | None = None
     _serving: bool = field(default=False)
     # Awaited by stop() after the server drains (e.g. the rate limiter's Redis client).
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -118,7 +120,8 @@ class App:
             self.reloader.start()
         if cfg.http_port >= 0:
             runner = web.AppRunner(
-                build_http_app(self.registry, lambda: self._serving), access_log=None
+                build_http_app(self.registry, lambda: self._serving, self._rest_shim()),
+                access_log=None,
             )
             await runner.setup()
             site = web.TCPSite(runner, cfg.host, cfg.http_port)
@@ -131,6 +134,16 @@ class App:
         log.info(
             "llmproxy serving", extra={"grpc_port": self.grpc_port, "http_port": self.http_port}
         )
+
+    def _rest_shim(self) -> RestShim | None:
+        """The REST shim calls this gateway's own gRPC port, so every interceptor applies."""
+        if not self.settings.server.rest_shim:
+            return None
+        if self.settings.tls is not None and self.settings.tls.cert_file:
+            log.warning("REST shim disabled: it needs a plaintext gRPC port on loopback")
+            return None
+        self._rest_channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.grpc_port}")
+        return RestShim(self._rest_channel)
 
     def _bind(self, address: str) -> int:
         assert self.server is not None
@@ -160,6 +173,8 @@ class App:
             await close()
         if self._http_runner is not None:
             await self._http_runner.cleanup()
+        if self._rest_channel is not None:
+            await self._rest_channel.close()
         if self.reloader is not None:
             await self.reloader.stop()
         await asyncio.gather(*(c.aclose() for c in self.http_clients), return_exceptions=True)

@@ -17,6 +17,8 @@ class ServerConfig(Section):
     # and meshes stop routing here first.
     drain_delay_s: float = Field(0.0, ge=0)
     reflection: bool = True
+    # grpc-gateway-style JSON routes (POST /api/query, ...) on the HTTP port.
+    rest_shim: bool = True
     max_concurrent_rpcs: int | None = Field(None, ge=1)
     # Status health checks are cached this long and never run on a Query's path.
     health_check_ttl_s: float = Field(10.0, ge=0)
