@@ -80,9 +80,7 @@ class Deployment:
     config: ModelConfig
     provider: Provider
     stats: DeploymentStats = field(default_factory=DeploymentStats)
-    breaker: CircuitBreaker = field(
-        default_factory=lambda: CircuitBreaker(CircuitBreakerConfig())
-    )
+    breaker: CircuitBreaker = field(default_factory=lambda: CircuitBreaker(CircuitBreakerConfig()))
 
     @property
     def name(self) -> str:

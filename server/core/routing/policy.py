@@ -64,7 +64,5 @@ def remaining_after(
     if not isinstance(error, UpstreamContextTooLongError) or window is None:
         return list(pending)
     return [
-        d
-        for d in pending
-        if d.config.context_window is None or d.config.context_window > window
+        d for d in pending if d.config.context_window is None or d.config.context_window > window
     ]

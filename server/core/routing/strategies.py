@@ -158,7 +158,5 @@ STRATEGIES: dict[str, type[Strategy]] = {
 }
 
 
-def build_strategy(
-    kind: str, name: str, members: list[Member], rng: random.Random
-) -> Strategy:
+def build_strategy(kind: str, name: str, members: list[Member], rng: random.Random) -> Strategy:
     return STRATEGIES[kind](name, members, rng)
