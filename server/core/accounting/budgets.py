@@ -16,6 +16,7 @@ period it was admitted in, even if it settles after midnight.
 from __future__ import annotations
 
 import calendar
+import itertools
 import logging
 import math
 import time
@@ -148,13 +149,24 @@ class Budgets:
         self.by_key: dict[str, list[BudgetConfig]] = {}
         for config in configs:
             self.by_key.setdefault(config.key_id, []).append(config)
+        # key -> (slots, when the first of them resets): period math once per period.
+        self._slots: dict[str, tuple[tuple[Slot, ...], float]] = {}
+        # Reservation ids: unique across replicas, cheaper than a uuid per request.
+        self._rid_prefix = uuid.uuid4().hex[:16]
+        self._rids = itertools.count()
 
     def applies_to(self, key_id: str) -> bool:
         return key_id in self.by_key
 
     def slots(self, key_id: str, now: float | None = None) -> tuple[Slot, ...]:
         now = time.time() if now is None else now
-        return tuple(period_slot(c, now) for c in self.by_key.get(key_id, ()))
+        cached = self._slots.get(key_id)
+        if cached is not None and now < cached[1]:
+            return cached[0]
+        slots = tuple(period_slot(c, now) for c in self.by_key.get(key_id, ()))
+        if slots:
+            self._slots[key_id] = (slots, min(s.resets_at for s in slots))
+        return slots
 
     async def reserve(
         self, key_id: str, estimate_usd: float, deadline_s: float | None = None
@@ -163,11 +175,11 @@ class Budgets:
 
         None when the key has no budget (or the store is down and fail_open is set).
         """
-        slots = self.slots(key_id)
+        now = time.time()
+        slots = self.slots(key_id, now)
         if not slots:
             return None
-        now = time.time()
-        rid = uuid.uuid4().hex
+        rid = f"{self._rid_prefix}{next(self._rids)}"
         amount = to_nano(estimate_usd)
         # A replica that dies mid-request cannot release; its hold lapses after this.
         hold = self.reservation_ttl_s if deadline_s is None else deadline_s + 60

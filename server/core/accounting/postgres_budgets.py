@@ -1,10 +1,11 @@
-"""Budget state in PostgreSQL, shared by every replica; row locks make each reserve atomic.
+"""Budget state in PostgreSQL, shared by every replica; each change is one function call.
 
 Two tables: `<prefix>_budget_spend` (one row per key, period and start, holding
 settled spend) and `<prefix>_budget_holds` (one row per in-flight reservation and
-slot, with its expiry). A reserve locks the key's spend rows (FOR UPDATE, in name
-order so concurrent reserves cannot deadlock), drops expired holds, and checks
-spend + holds against each limit, all in one transaction.
+slot, with its expiry). Reserve and settle are PL/pgSQL functions, so each is one
+round trip and one transaction: reserve locks the key's spend rows (FOR UPDATE,
+in slot order so concurrent calls cannot deadlock), drops expired holds (left by
+a replica that died), and checks spend + holds against every limit.
 """
 
 from __future__ import annotations
@@ -17,11 +18,51 @@ import asyncpg
 
 from llmproxy.server.core.accounting.budgets import Refusal, Slot
 
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS {spend} (slot text PRIMARY KEY, spent bigint NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS {holds} (
+    id text NOT NULL, slot text NOT NULL, amount bigint NOT NULL,
+    expires_at double precision NOT NULL, PRIMARY KEY (slot, id));
+CREATE OR REPLACE FUNCTION {prefix}_budget_reserve(
+    p_slots text[], p_limits bigint[], p_id text, p_amount bigint,
+    p_expires double precision, p_now double precision)
+RETURNS TABLE (r_index int, r_spent bigint, r_held bigint) LANGUAGE plpgsql AS $$
+DECLARE
+    s bigint;
+    h bigint;
+BEGIN
+    INSERT INTO {spend} (slot) SELECT x FROM unnest(p_slots) x ORDER BY x ON CONFLICT DO NOTHING;
+    PERFORM 1 FROM {spend} WHERE slot = ANY(p_slots) ORDER BY slot FOR UPDATE;
+    DELETE FROM {holds} WHERE slot = ANY(p_slots) AND expires_at < p_now;
+    FOR i IN 1 .. array_length(p_slots, 1) LOOP
+        SELECT b.spent INTO s FROM {spend} b WHERE b.slot = p_slots[i];
+        SELECT coalesce(sum(d.amount), 0) INTO h FROM {holds} d WHERE d.slot = p_slots[i];
+        IF s + h >= p_limits[i] THEN
+            RETURN QUERY SELECT i, s, h;
+            RETURN;
+        END IF;
+    END LOOP;
+    INSERT INTO {holds} (id, slot, amount, expires_at)
+        SELECT p_id, x, p_amount, p_expires FROM unnest(p_slots) x;
+    RETURN QUERY SELECT 0, 0::bigint, 0::bigint;
+END $$;
+CREATE OR REPLACE FUNCTION {prefix}_budget_settle(p_slots text[], p_id text, p_spent bigint)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM {spend} WHERE slot = ANY(p_slots) ORDER BY slot FOR UPDATE;
+    DELETE FROM {holds} WHERE slot = ANY(p_slots) AND id = p_id;
+    IF p_spent > 0 THEN
+        UPDATE {spend} SET spent = spent + p_spent WHERE slot = ANY(p_slots);
+    END IF;
+END $$;
+"""
+
 
 class PostgresBudgetStore:
     def __init__(self, dsn: str, prefix: str = "llmproxy") -> None:
         self.dsn = dsn
-        self.spend = f"{prefix}_budget_spend"  # prefix validated as an SQL identifier
+        self.prefix = prefix  # validated as an SQL identifier by BudgetStoreConfig
+        self.spend = f"{prefix}_budget_spend"
         self.holds = f"{prefix}_budget_holds"
         self._pool: asyncpg.Pool | None = None
         self._lock = asyncio.Lock()
@@ -38,15 +79,10 @@ class PostgresBudgetStore:
         pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=4, command_timeout=5)
         try:
             async with pool.acquire() as conn, conn.transaction():
+                # Replicas starting together must not race on CREATE OR REPLACE.
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self.spend)
                 await conn.execute(
-                    f"CREATE TABLE IF NOT EXISTS {self.spend} (slot text PRIMARY KEY, "
-                    "spent bigint NOT NULL DEFAULT 0)"
-                )
-                await conn.execute(
-                    f"CREATE TABLE IF NOT EXISTS {self.holds} (id text NOT NULL, "
-                    "slot text NOT NULL, amount bigint NOT NULL, "
-                    "expires_at double precision NOT NULL, PRIMARY KEY (slot, id))"
+                    _SCHEMA.format(spend=self.spend, holds=self.holds, prefix=self.prefix)
                 )
         except BaseException:
             await pool.close()
@@ -57,58 +93,22 @@ class PostgresBudgetStore:
         self, slots: Sequence[Slot], rid: str, amount: int, expires_at: float
     ) -> Refusal | None:
         pool = await self._ready()
-        names = sorted(s.name for s in slots)
-        async with pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                f"INSERT INTO {self.spend} (slot) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
-                names,
-            )
-            spent = dict(
-                await conn.fetch(
-                    f"SELECT slot, spent FROM {self.spend} WHERE slot = ANY($1) "
-                    "ORDER BY slot FOR UPDATE",
-                    names,
-                )
-            )
-            await conn.execute(
-                f"DELETE FROM {self.holds} WHERE slot = ANY($1) AND expires_at < $2",
-                names,
-                time.time(),
-            )
-            held = dict(
-                await conn.fetch(
-                    f"SELECT slot, sum(amount)::bigint FROM {self.holds} "
-                    "WHERE slot = ANY($1) GROUP BY slot",
-                    names,
-                )
-            )
-            for slot in slots:
-                s, h = spent.get(slot.name, 0), held.get(slot.name, 0)
-                if s + h >= slot.limit:
-                    return Refusal(slot, s, h)
-            await conn.execute(
-                f"INSERT INTO {self.holds} (id, slot, amount, expires_at) "
-                "SELECT $1, unnest($2::text[]), $3, $4",
-                rid,
-                names,
-                amount,
-                expires_at,
-            )
-        return None
+        index, spent, held = await pool.fetchrow(
+            f"SELECT * FROM {self.prefix}_budget_reserve($1, $2, $3, $4, $5, $6)",
+            [s.name for s in slots],
+            [s.limit for s in slots],
+            rid,
+            amount,
+            expires_at,
+            time.time(),
+        )
+        return None if index == 0 else Refusal(slots[index - 1], spent, held)
 
     async def settle(self, slots: Sequence[Slot], rid: str, spent: int) -> None:
         pool = await self._ready()
-        names = sorted(s.name for s in slots)
-        async with pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                f"DELETE FROM {self.holds} WHERE slot = ANY($1) AND id = $2", names, rid
-            )
-            if spent:
-                await conn.execute(
-                    f"UPDATE {self.spend} SET spent = spent + $2 WHERE slot = ANY($1)",
-                    names,
-                    spent,
-                )
+        await pool.execute(
+            f"SELECT {self.prefix}_budget_settle($1, $2, $3)", [s.name for s in slots], rid, spent
+        )
 
     async def usage(self, slot: Slot) -> tuple[int, int]:
         pool = await self._ready()
