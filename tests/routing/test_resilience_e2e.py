@@ -279,3 +279,22 @@ async def test_ab_split_is_sticky_by_metadata_and_by_request_field(upstream):
             field = await client.query("hi", model="g", route_key=key)
             assert field.done.model == by_key[key]
         assert set(by_key.values()) == {"a", "b"}  # 8 keys at 50/50: both variants seen
+
+
+async def test_retries_fallbacks_and_circuit_changes_reach_the_metrics(upstream):
+    upstream.script("a", fail(503))
+    resilience = {
+        "retries": {"max_attempts": 2, "backoff_initial_ms": 1, "backoff_max_ms": 2},
+        "circuit_breaker": {"consecutive_failures": 2, "cooldown_s": 30},
+    }
+    async with gateway(upstream, ["a", "b"], groups=group("a", "b"), resilience=resilience) as (
+        app,
+        client,
+    ):
+        assert (await client.query("hi", model="g")).done.model == "b"
+        sample = app.registry.get_sample_value
+        assert sample("llmproxy_retries_total", {"provider": "scripted", "model": "a"}) == 1
+        assert sample("llmproxy_fallbacks_total", {"from_model": "a", "to_model": "b"}) == 1
+        errors = {"provider": "scripted", "model": "a", "type": "upstream_unavailable"}
+        assert sample("llmproxy_upstream_errors_total", errors) == 2
+        assert sample("llmproxy_circuit_state", {"model": "a", "provider": "scripted"}) == 2
