@@ -5,6 +5,8 @@ against the same fake configurations; a gRPC Query end to end."""
 
 from __future__ import annotations
 
+import socket
+
 import openai
 import orjson
 import pytest
@@ -71,6 +73,14 @@ def test_error_event_in_the_stream_is_raised():
     decoder = ChunkDecoder("gen", lambda e: UpstreamUnavailableError(str(e)))
     with pytest.raises(UpstreamUnavailableError, match="overloaded"):
         decoder.feed(b'event: error\ndata: {"message": "overloaded"}\n\n')
+
+
+async def test_refused_connection_is_unavailable_not_a_timeout(http):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(UpstreamUnavailableError, match="ClientConnectorError"):
+        await collect(generic(f"http://127.0.0.1:{port}", http), chat("ok"))
 
 
 async def test_openrouter_style_headers_and_keepalive_comments(http):
