@@ -104,6 +104,12 @@ def _count_fn(encoding: str) -> Counter:
     return count
 
 
+def warm(models: Iterable[str]) -> None:
+    """Load the vocabularies these models use now (~0.1 s each), not on the first request."""
+    for encoding in {encoding_name(m) or ESTIMATE_ENCODING for m in models}:
+        _count_fn(encoding)("warm")
+
+
 def count_text(model: str, text: str) -> int:
     return counter_for(model)(text)
 

@@ -17,11 +17,12 @@ DEFAULT_MAX_OUTPUT = 4096
 class PromptTokens:
     """The prompt's token count per tokenizer, counted at most once per request each."""
 
-    __slots__ = ("_counts", "query")
+    __slots__ = ("_bound", "_counts", "query")
 
     def __init__(self, query: QueryInput) -> None:
         self.query = query
         self._counts: dict[str, int] = {}
+        self._bound: int | None = None
 
     def count(self, deployment: Deployment) -> int:
         model = deployment.config.upstream
@@ -37,7 +38,9 @@ class PromptTokens:
         encoding = tokens.encoding_name(model) or tokens.ESTIMATE_ENCODING
         n = self._counts.get(encoding)
         if n is None:
-            if tokens.upper_bound(self.query.messages) <= limit:
+            if self._bound is None:
+                self._bound = tokens.upper_bound(self.query.messages)
+            if self._bound <= limit:
                 return True
             bounded = tokens.count_messages_until(model, self.query.messages, limit)
             if bounded is None:

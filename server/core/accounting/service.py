@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
@@ -9,6 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from llmproxy.server.config import Settings
 from llmproxy.server.config.caching import BudgetStoreConfig, LedgerConfig
+from llmproxy.server.core import tokens
 from llmproxy.server.core.accounting.budgets import Budgets, BudgetStore, MemoryBudgetStore
 from llmproxy.server.core.accounting.ledger import LedgerBackend, LedgerCollector, LedgerWriter
 from llmproxy.server.core.accounting.records import UsageAggregate, UsageFilter
@@ -66,12 +68,15 @@ class Accounting:
         stage: UsageAccounting,
         ledger: LedgerWriter | None = None,
         budgets: Budgets | None = None,
+        models: tuple[str, ...] = (),
     ) -> None:
         self.stage = stage
         self.ledger = ledger
         self.budgets = budgets
+        self.models = models  # upstream model names, whose tokenizers start() loads
 
     async def start(self) -> None:
+        await asyncio.to_thread(tokens.warm, self.models)
         if self.ledger is not None:
             await self.ledger.start()
 
@@ -119,4 +124,5 @@ def build_accounting(
             fail_open=store.on_failure == "open",
         )
     stage = UsageAccounting(budgets=budgets, ledger=ledger)
-    return Accounting(stage, ledger, budgets)
+    models = tuple(d.config.upstream for d in catalog.deployments.values())
+    return Accounting(stage, ledger, budgets, models)

@@ -40,6 +40,7 @@ class SqliteLedger:
         self.table = table  # validated as an SQL identifier by LedgerConfig
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-sqlite")
         self._db: sqlite3.Connection | None = None
+        self._closed = False
         self._insert = (
             f"INSERT INTO {table} ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
         )
@@ -58,6 +59,9 @@ class SqliteLedger:
         return await self._call(self._aggregate, where)
 
     async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         await self._call(self._close)
         self._executor.shutdown(wait=True)
 
