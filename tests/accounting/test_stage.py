@@ -25,6 +25,8 @@ from llmproxy.server.domain import (
     Parameters,
     QueryInput,
     Role,
+    Started,
+    TextDelta,
     Usage,
 )
 from llmproxy.server.errors import BudgetExceededError, ContextTooLongError
@@ -267,3 +269,18 @@ async def test_a_concurrent_burst_cannot_overshoot_by_more_than_one_request(stag
     # Without reservations all 40 would have passed the check (0.52 spent against 0.1).
     assert spent <= 0.1 + ESTIMATE
     assert spent == pytest.approx(outcomes.count("ok") * REAL_COST)
+
+
+async def test_a_stream_that_ends_without_completed_is_recorded_and_released(
+    stage, backend, budgets
+):
+    async def truncated():
+        yield Started("m", "p")
+        yield TextDelta("half")
+
+    d = deployment("m", price=PRICE)
+    events = [e async for e in stage.track(query(), ctx(), [d], truncated())]
+    assert len(events) == 2
+    [record] = await records(stage, backend)
+    assert record.status == "INCOMPLETE" and record.output_tokens == 1
+    assert (await held(budgets))[1] == 0.0

@@ -97,6 +97,11 @@ class UsageAccounting:
                     self._fail(query, ctx, candidates, started, error, serving, parts, prompt),
                 )
             raise
+        if not done:  # a stream that ended without Completed is a bug upstream of us
+            self._settle(
+                reservation,
+                self._fail(query, ctx, candidates, started, None, serving, parts, prompt),
+            )
 
     def _complete(
         self,
@@ -135,7 +140,7 @@ class UsageAccounting:
         ctx: CallContext,
         candidates: list[Deployment],
         started: float,
-        error: BaseException,
+        error: BaseException | None,
         serving: Started | None,
         parts: list[str],
         prompt: PromptTokens,
@@ -204,7 +209,9 @@ def _serving_deployment(candidates: list[Deployment], serving: Started | None) -
     return candidates[0] if candidates else None
 
 
-def _status(error: BaseException, ctx: CallContext, started: float, now: float) -> str:
+def _status(error: BaseException | None, ctx: CallContext, started: float, now: float) -> str:
+    if error is None:
+        return "INCOMPLETE"
     if isinstance(error, LLMProxyError):
         return error.reason
     if isinstance(error, asyncio.CancelledError | GeneratorExit):
