@@ -18,23 +18,26 @@ class SSEParser:
     an event; `data:` lines join with LF; comment lines (`:`) are ignored.
     """
 
-    __slots__ = ("_buffer", "_data", "_event")
+    __slots__ = ("_buffer", "_data", "_event", "_skip_lf")
 
     def __init__(self) -> None:
         self._buffer = b""
         self._data: list[str] = []
         self._event = ""
+        self._skip_lf = False
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
+        # A read that ended in CR has ended its line already (a CR-only stream must not
+        # wait for more bytes); an LF opening the next read is then that CRLF's second half.
+        if self._skip_lf and chunk[:1] == b"\n":
+            chunk = chunk[1:]
+        if chunk:
+            self._skip_lf = chunk[-1:] == b"\r"
         buf = self._buffer + chunk
-        # A trailing CR may be the first half of a CRLF still on its way.
-        held = b""
-        if buf.endswith(b"\r"):
-            buf, held = buf[:-1], b"\r"
         if b"\r" in buf:
             buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         lines = buf.split(b"\n")
-        self._buffer = lines.pop() + held
+        self._buffer = lines.pop()
         events: list[SSEEvent] = []
         for raw in lines:
             if not raw:
