@@ -52,8 +52,7 @@ class SqliteLedger:
         await self._call(self._open)
 
     async def write(self, records: list[UsageRecord]) -> None:
-        rows = [as_row(r) for r in records]
-        await self._call(self._write, rows)
+        await self._call(self._write, records)
 
     async def aggregate(self, where: UsageFilter) -> list[UsageAggregate]:
         return await self._call(self._aggregate, where)
@@ -81,11 +80,11 @@ class SqliteLedger:
         db.execute(f"CREATE INDEX IF NOT EXISTS {self.table}_ts ON {self.table} (ts)")
         self._db = db
 
-    def _write(self, rows: list[tuple]) -> None:
+    def _write(self, records: list[UsageRecord]) -> None:
         assert self._db is not None
         with self._db:  # one transaction: all rows or none
             self._db.execute("BEGIN")
-            self._db.executemany(self._insert, rows)
+            self._db.executemany(self._insert, map(as_row, records))
 
     def _aggregate(self, where: UsageFilter) -> list[UsageAggregate]:
         assert self._db is not None
