@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from typing import Any
@@ -60,3 +61,12 @@ async def redis_prefix():
                 await client.delete(key)
     finally:
         await client.aclose()
+
+
+async def eventually(predicate, timeout_s: float = 3.0) -> None:
+    """Poll `predicate` until it holds; fail after `timeout_s`."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            if predicate():
+                return
+            await asyncio.sleep(0.005)

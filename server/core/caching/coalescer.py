@@ -46,6 +46,10 @@ class Coalescer:
     def __len__(self) -> int:
         return len(self._flights)
 
+    def flights(self) -> list[Flight]:
+        """The calls in flight now (for status and tests)."""
+        return list(self._flights.values())
+
     def join(self, key: str) -> Flight | None:
         return self._flights.get(key)
 

@@ -131,8 +131,11 @@ class RedisTier:
         if fields and self.available:
             self._later(self._call("hdel", lambda: self.client.hdel(set_key, *fields), None))
 
-    async def close(self) -> None:
-        """Let pending writes finish (each is bounded by the timeout), then disconnect."""
-        if self._writes:
+    async def flush(self) -> None:
+        """Wait for the writes in progress (each is bounded by the timeout)."""
+        while self._writes:
             await asyncio.gather(*self._writes, return_exceptions=True)
+
+    async def close(self) -> None:
+        await self.flush()
         await self.client.aclose()

@@ -5,25 +5,34 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
 from llmproxy.server.core.caching.entry import CachedAnswer
 
 
+class Nearest(NamedTuple):
+    answer: CachedAnswer
+    similarity: float
+    # The matched prompt's word signature (see semantic.word_signature).
+    signature: tuple[int, int]
+
+
 class _VectorSet:
     """Rows of one matrix, so a lookup is one matrix-vector product."""
 
-    __slots__ = ("answers", "expires", "ids", "matrix")
+    __slots__ = ("answers", "expires", "ids", "matrix", "signatures")
 
     def __init__(self, dim: int) -> None:
         self.ids: list[str] = []
         self.answers: list[CachedAnswer] = []
+        self.signatures: list[tuple[int, int]] = []
         self.expires: list[float] = []
         self.matrix = np.empty((0, dim), dtype=np.float32)
 
     def remove(self, index: int) -> None:
-        del self.ids[index], self.answers[index], self.expires[index]
+        del self.ids[index], self.answers[index], self.expires[index], self.signatures[index]
         self.matrix = np.delete(self.matrix, index, axis=0)
 
 
@@ -46,7 +55,7 @@ class VectorIndex:
     def __len__(self) -> int:
         return len(self._order)
 
-    def nearest(self, set_key: str, vector: np.ndarray) -> tuple[CachedAnswer, float] | None:
+    def nearest(self, set_key: str, vector: np.ndarray) -> Nearest | None:
         vset = self._sets.get(set_key)
         if vset is None:
             return None
@@ -60,10 +69,16 @@ class VectorIndex:
             return None
         similarities = vset.matrix @ vector
         best = int(np.argmax(similarities))
-        return vset.answers[best], float(similarities[best])
+        return Nearest(vset.answers[best], float(similarities[best]), vset.signatures[best])
 
     def add(
-        self, set_key: str, entry_id: str, vector: np.ndarray, answer: CachedAnswer, ttl_s: float
+        self,
+        set_key: str,
+        entry_id: str,
+        vector: np.ndarray,
+        answer: CachedAnswer,
+        ttl_s: float,
+        signature: tuple[int, int],
     ) -> None:
         if ttl_s <= 0:
             return
@@ -75,6 +90,7 @@ class VectorIndex:
             del self._order[(set_key, entry_id)]
         vset.ids.append(entry_id)
         vset.answers.append(answer)
+        vset.signatures.append(signature)
         vset.expires.append(self._clock() + ttl_s)
         vset.matrix = np.vstack((vset.matrix, vector.reshape(1, -1).astype(np.float32)))
         self._order[(set_key, entry_id)] = None
