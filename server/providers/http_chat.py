@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable
 from typing import Any, ClassVar, Protocol, TypeVar
@@ -150,8 +151,10 @@ class HttpChatProvider(Provider):
                     "POST", url, content=content, headers=headers
                 ) as response:
                     if response.status_code == 200:
-                        async for event in self._read(response):
-                            yield event
+                        # aclosing: a caller that stops early closes the reader at once.
+                        async with contextlib.aclosing(self._read(response)) as events:
+                            async for event in events:
+                                yield event
                         return
                     body = await response.aread()
                 if (finish := self.finish_from_error(response.status_code, body)) is not None:
@@ -165,19 +168,19 @@ class HttpChatProvider(Provider):
 
     async def _read(self, response: httpx.Response) -> AsyncIterator[ProviderEvent]:
         decoder = self.new_decoder()
-        chunks = response.aiter_bytes()
-        async for data in chunks:
-            if text := decoder.feed(data):
-                yield TextDelta(text)
-            if decoder.done:
-                break
-        finish = decoder.finish()
-        try:
-            async with asyncio.timeout(self.drain_s):
-                async for _ in chunks:
-                    pass
-        except (TimeoutError, httpx.HTTPError):
-            pass  # the answer is complete; only connection reuse is lost
+        async with contextlib.aclosing(response.aiter_bytes()) as chunks:
+            async for data in chunks:
+                if text := decoder.feed(data):
+                    yield TextDelta(text)
+                if decoder.done:
+                    break
+            finish = decoder.finish()
+            try:
+                async with asyncio.timeout(self.drain_s):
+                    async for _ in chunks:
+                        pass
+            except (TimeoutError, httpx.HTTPError):
+                pass  # the answer is complete; only connection reuse is lost
         yield finish
 
     async def list_models(self) -> list[str]:
