@@ -92,10 +92,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return handler
         try:
             principal = self._verify(credential)
+            # Known from here on, so a refusal for scope is logged with the key id.
+            set_principal(principal)
             self._check_rpc(principal, rpc)
         except LLMProxyError as error:
             return self._refuse(handler, error)
-        set_principal(principal)
         if principal.models is None or service != LLMPROXY_SERVICE or rpc not in _MODEL_RPCS:
             return handler
         return handlers.guarded(handler, self._model_check(principal, rpc), self._refusal)

@@ -4,13 +4,14 @@ gRPC asks for the certificate configuration at each new handshake; we answer
 from memory and look at the files' modification times at most every
 `reload_check_s`, so rotating a certificate (cert-manager, certbot) needs no
 restart and costs open connections nothing. A file caught half-written keeps the
-old certificate in service until the next check.
+old certificate in service until the next check (as does a key that does not match).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import ssl
 import time
 from pathlib import Path
 
@@ -45,6 +46,8 @@ class CertificateFiles:
         ca = self.paths[2].read_bytes() if len(self.paths) > 2 else None
         if b"BEGIN" not in cert or b"BEGIN" not in key or (ca is not None and b"BEGIN" not in ca):
             raise ValueError("certificate files are not PEM")
+        # Catches a key that does not match its certificate (a rotation caught half-way).
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(*self.paths[:2])
         return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
 
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:

@@ -19,6 +19,20 @@ TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 1.5, 2.5, 5, 10
 # The gateway's own time on a request, in seconds: tens of microseconds to tens of ms.
 OVERHEAD_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.1)
 CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
+# Why auth refused a call (the ErrorInfo metadata "cause" of its error).
+AUTH_CAUSES = frozenset(
+    {
+        "missing_credentials",
+        "invalid_key",
+        "expired_key",
+        "invalid_token",
+        "expired_token",
+        "wrong_audience",
+        "wrong_issuer",
+        "rpc_not_allowed",
+        "model_not_allowed",
+    }
+)
 
 
 def error_reasons() -> frozenset[str]:
@@ -131,8 +145,8 @@ class Metrics:
         )
         self.auth_failures = Counter(
             "llmproxy_auth_failures_total",
-            "Calls refused by authentication or authorisation, by reason.",
-            ["reason"],
+            "Calls refused by authentication or authorisation, by cause.",
+            ["cause"],
             registry=r,
         )
         self.proxy_overhead = Histogram(
@@ -190,5 +204,5 @@ class Metrics:
         """policy: open (served anyway) or closed (refused)."""
         self.rate_limit_backend_errors.labels(backend, policy).inc()
 
-    def auth_failure(self, reason: str) -> None:
-        self.auth_failures.labels(self.reason(reason)).inc()
+    def auth_failure(self, cause: str) -> None:
+        self.auth_failures.labels(cause if cause in AUTH_CAUSES else OTHER).inc()
