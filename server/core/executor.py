@@ -7,6 +7,7 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from llmproxy.server.config.routing import HedgeConfig
@@ -42,6 +43,10 @@ from llmproxy.server.observability import spans
 
 # Attempt.error_reason of an attempt cut short by us (hedge lost) or by the caller leaving.
 CANCELLED = "CANCELLED"
+
+
+class CircuitOpenError(Exception):
+    """Internal: the deployment's circuit refused the attempt; the executor skips it."""
 
 
 @dataclass(slots=True)
@@ -88,14 +93,13 @@ class Executor:
             while pending:
                 deployment = pending.pop(0)
                 tries, wait = 0, 0.0
+                failed: UpstreamError | None = None  # this candidate's last failure
                 while True:
                     if not self._fits(run, deployment, wait):
                         out_of_time = True
                         break
                     if wait:
                         await asyncio.sleep(wait)
-                    if not deployment.breaker.acquire():
-                        break  # opened since the plan was made: skipped, nothing spent
                     tries += 1
                     run.hedged = False
                     try:
@@ -103,24 +107,29 @@ class Executor:
                             events = self._hedged(deployment, pending, plan.hedge, run)
                         else:
                             events = self._attempt(deployment, run)
-                        async for event in events:
-                            yield event
+                        # aclosing: a consumer that stops early (aclose) must end the
+                        # attempt now, not whenever the generator is collected.
+                        async with aclosing(events):
+                            async for event in events:
+                                yield event
                         return
+                    except CircuitOpenError:
+                        break  # opened since the plan was made: skipped, nothing spent
                     except UpstreamError as error:
                         if error.metadata.get("streamed") == "true":
                             error.metadata.setdefault("attempts", str(len(run.attempts)))
                             raise
-                        last_error = error
+                        last_error = failed = error
                         delay = None if run.hedged else self._retry_delay(error, tries, plan)
                         if delay is None:
                             break
                         self.observer.retry(deployment.provider_name, deployment.name)
                         wait = delay
-                if last_error is not None:
-                    if not falls_back(last_error, resilience):
-                        last_error.metadata.setdefault("attempts", str(len(run.attempts)))
-                        raise last_error
-                    pending = remaining_after(last_error, deployment, pending)
+                if failed is not None:
+                    if not falls_back(failed, resilience):
+                        failed.metadata.setdefault("attempts", str(len(run.attempts)))
+                        raise failed
+                    pending = remaining_after(failed, deployment, pending)
                     if pending:
                         self.observer.fallback(deployment.name, pending[0].name)
         finally:
@@ -164,7 +173,7 @@ class Executor:
             # The backup leaves `pending`: whatever happens, it is not tried again.
             while pending:
                 backup = pending.pop(0)
-                if self._fits(run, backup) and backup.breaker.acquire():
+                if self._fits(run, backup) and backup.breaker.available():
                     racing.append(backup)
                     run.hedged = True
                     if self._on_hedge is not None:
@@ -173,28 +182,33 @@ class Executor:
             return None
 
         race = HedgeRace(self._attempt(primary, run), start_backup, after_s)
-        async for event in race.events():
-            if type(event) is Completed:
-                # The winner may have finished before the loser's cancellation was recorded.
-                event.attempts = list(run.attempts)
-                if race.cancelled:
-                    # The cancelled attempt had already sent the prompt: count its input too.
-                    lost = racing[race.cancelled[0]]
-                    extra = tokens.count_messages(lost.config.upstream, run.query.messages)
-                    event.usage = Usage(
-                        event.usage.input_tokens + extra,
-                        event.usage.output_tokens,
-                        event.usage.cached_input_tokens,
-                        estimated=True,
-                    )
-            yield event
+        async with aclosing(race.events()) as events:
+            async for event in events:
+                if type(event) is Completed:
+                    # The winner may have finished before the loser's cancellation was recorded.
+                    event.attempts = list(run.attempts)
+                    if race.cancelled:
+                        # The cancelled attempt had already sent the prompt: count its input too.
+                        lost = racing[race.cancelled[0]]
+                        extra = tokens.count_messages(lost.config.upstream, run.query.messages)
+                        event.usage = Usage(
+                            event.usage.input_tokens + extra,
+                            event.usage.output_tokens,
+                            event.usage.cached_input_tokens,
+                            estimated=True,
+                        )
+                yield event
 
     async def _attempt(self, deployment: Deployment, run: _Run) -> AsyncIterator[QueryEvent]:
-        """One upstream call; the caller has acquired the deployment's breaker.
+        """One upstream call, if the deployment's circuit lets it through.
 
-        Every way out records the outcome once: success, failure, or cancelled
-        (caller gone, deadline, hedge lost), which releases the breaker untouched.
+        The breaker is acquired here, when the attempt really starts (a hedge
+        task may be cancelled before it ever runs). From then on every way out
+        records the outcome once: success, failure, or cancelled (caller gone,
+        deadline, hedge lost), which releases the breaker untouched.
         """
+        if not deployment.breaker.acquire():
+            raise CircuitOpenError
         query, ctx = run.query, run.ctx
         # A child of the RPC's server span (None when not tracing); upstream continues it.
         span = spans.start_attempt(
@@ -218,15 +232,16 @@ class Executor:
         settled = False
         stats.in_flight += 1
         try:
-            async for event in deployment.provider.stream(request):
-                if type(event) is TextDelta:
-                    if first_token_at is None:
-                        first_token_at = time.perf_counter()
-                        yield Started(deployment.name, deployment.provider_name)
-                    parts.append(event.text)
-                    yield event
-                else:
-                    finish = event  # type: ignore[assignment]
+            async with aclosing(deployment.provider.stream(request)) as upstream:
+                async for event in upstream:
+                    if type(event) is TextDelta:
+                        if first_token_at is None:
+                            first_token_at = time.perf_counter()
+                            yield Started(deployment.name, deployment.provider_name)
+                        parts.append(event.text)
+                        yield event
+                    else:
+                        finish = event  # type: ignore[assignment]
             upstream_done = time.perf_counter()
             settled = True
             stats.in_flight -= 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 
 from llmproxy.server.domain import QueryEvent
 
@@ -20,8 +21,10 @@ _QUEUE_SIZE = 16
 
 async def _pump(tag: int, events: AsyncIterator[QueryEvent], queue: asyncio.Queue) -> None:
     try:
-        async for event in events:
-            await queue.put((tag, event))
+        # aclosing: cancelled while waiting on the queue, the attempt still ends at once.
+        async with aclosing(events):  # type: ignore[type-var]
+            async for event in events:
+                await queue.put((tag, event))
     except Exception as error:  # the attempt's failure is reported through the queue
         await queue.put((tag, error))
     else:
@@ -76,6 +79,7 @@ class HedgeRace:
         loop = asyncio.get_running_loop()
         hedge_at = loop.time() + self.after_s
         alive = {0}
+        failures: dict[int, object] = {}
         while True:
             if not self.backup_started:
                 try:
@@ -92,11 +96,14 @@ class HedgeRace:
                 tag, item = await queue.get()
             if item is _END or isinstance(item, BaseException):
                 alive.discard(tag)
-                # Before the hedge, or with nothing left racing: the failure is the outcome.
+                failures[tag] = item
+                # Before the hedge, or with nothing left racing: the failure is the outcome
+                # (the primary's, when both failed: it is the one the caller asked for first).
                 if not alive or not self.backup_started:
-                    if item is _END:
+                    first = failures[min(failures)]
+                    if first is _END:
                         raise RuntimeError("attempt ended without an event")
-                    raise item
+                    raise first
                 continue
             self.winner = tag
             return item
