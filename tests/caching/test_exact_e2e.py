@@ -151,11 +151,11 @@ async def test_a_cancelled_stream_is_not_stored(gateway):
 
 
 async def test_entries_expire_after_ttl(upstream):
-    config = gateway_config(upstream.base_url, cache={"exact": {"ttl_s": 0.3}})
+    config = gateway_config(upstream.base_url, cache={"exact": {"ttl_s": 1.0}})
     async with running_client(settings_for(config)) as (_, client):
         await ask(client)
         assert (await ask(client)).done.cache_status == pb.CACHE_STATUS_HIT
-        await asyncio.sleep(0.4)
+        await asyncio.sleep(1.05)
         expired = await ask(client)
         assert expired.done.cache_status == pb.CACHE_STATUS_MISS
         assert expired.text == reply_text(2, "What is 2+2?")

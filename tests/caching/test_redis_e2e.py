@@ -102,7 +102,8 @@ async def test_redis_down_degrades_to_memory_and_never_fails_a_request(
         elapsed = time.perf_counter() - started
         assert first.done.cache_status == pb.CACHE_STATUS_MISS
         assert second.done.cache_status == pb.CACHE_STATUS_HIT
-        assert elapsed < 1.0
+        # Two requests, no multi-second socket timeouts on the way.
+        assert elapsed < 1.5
         assert not app.cache.redis.available
     failures = [r for r in caplog.records if "redis cache tier failed" in r.getMessage()]
     # Logged once for the outage, not once per request; the URL never appears.
@@ -139,7 +140,7 @@ async def test_a_hanging_redis_costs_at_most_the_short_timeout(upstream, redis_p
             started = time.perf_counter()
             result = await ask(client)
             assert result.done.cache_status == pb.CACHE_STATUS_MISS
-            assert time.perf_counter() - started < 0.5
+            assert time.perf_counter() - started < 1.0
             assert not app.cache.redis.available
             assert (await ask(client)).done.cache_status == pb.CACHE_STATUS_HIT
 

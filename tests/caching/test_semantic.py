@@ -202,6 +202,17 @@ async def test_paraphrase_is_a_semantic_hit_with_its_similarity(upstream):
     assert len(upstream.requests) == 2
 
 
+async def test_refresh_replaces_the_semantic_entry_too(upstream):
+    async with running_client(settings_for(semantic_config(upstream.base_url))) as (_, client):
+        await ask(client, "Who wrote Pride and Prejudice?", SEMANTIC)
+        refresh = pb.CacheOptions(mode=pb.CACHE_MODE_REFRESH, semantic=True)
+        fresh = await ask(client, "Who wrote Pride and Prejudice?", refresh)
+        assert fresh.done.cache_status == pb.CACHE_STATUS_REFRESH
+        hit = await ask(client, "Who is the author of Pride and Prejudice?", SEMANTIC)
+        assert hit.done.cache_status == pb.CACHE_STATUS_SEMANTIC_HIT
+        assert hit.text == fresh.text == reply_text(2, "Who wrote Pride and Prejudice?")
+
+
 async def test_requests_that_did_not_opt_in_never_embed(upstream):
     async with running_client(settings_for(semantic_config(upstream.base_url))) as (app, client):
         counting = FixedEmbedder({})

@@ -113,6 +113,10 @@ class ResponseCache:
                     async for event in replay(probe.answer, status, started, probe.similarity):
                         yield event
                     return
+        elif self._wants_semantic(query, candidates):
+            # A refresh replaces the semantic entry too, so it needs the prompt's vector.
+            assert self.semantic is not None
+            probe = await self.semantic.probe(query, candidates)
         store = partial(self._store, candidates, digest, probe)
         if self.coalescer is not None and not refresh:
             key = "\0".join([digest, *(d.name for d in candidates)])
@@ -147,6 +151,8 @@ class ResponseCache:
         completed: Completed,
     ) -> None:
         """Store under the deployment that answered; a failure here never fails the request."""
+        if self.exact is None and (probe is None or self.semantic is None):
+            return  # coalescing only: nothing to keep
         if not storable(completed, text):
             return
         deployment = next((d for d in candidates if d.name == completed.model), None)
