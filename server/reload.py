@@ -209,6 +209,13 @@ class ConfigReloader:
                     extra={"path": str(self.path)},
                 )
                 return False
+            except Exception:
+                # A bug must not kill the watcher or leave a half-built table behind.
+                log.exception(
+                    "config reload failed; the running routing table stays",
+                    extra={"path": str(self.path)},
+                )
+                return False
             self._swap(catalog)
             self.tables.start_sweeping()
             ignored = sorted(

@@ -154,7 +154,9 @@ async def test_unchanged_providers_keep_their_clients_and_deployments_their_hist
     ("text", "expected"),
     [
         ("groups: [ {name: g", "not valid YAML"),
-        (None, "unknown model 'nope'"),
+        ("unknown-model", "unknown model 'nope'"),
+        ("unknown-provider-type", "unknown provider type 'nope'"),
+        ("fallback-cycle", "fallback cycle"),
     ],
 )
 async def test_an_invalid_file_is_rejected_and_the_running_table_stays(
@@ -164,11 +166,18 @@ async def test_an_invalid_file_is_rejected_and_the_running_table_stays(
     write(path, config_for(upstream, ["b"]))
     async with reloadable(path) as (app, client):
         table = app.queries.router.catalog
-        if text is None:
-            bad = config_for(upstream, ["b"])
+        bad = config_for(upstream, ["b"])
+        if text == "unknown-model":
             bad["groups"][0]["members"] = [{"model": "nope"}]
-            write(path, bad)
-        else:
+        elif text == "unknown-provider-type":
+            bad["providers"][0]["type"] = "nope"
+        elif text == "fallback-cycle":
+            bad["groups"] = [
+                {"name": "g", "members": [{"model": "b"}], "fallback": ["h"]},
+                {"name": "h", "members": [{"model": "c"}], "fallback": ["g"]},
+            ]
+        write(path, bad)
+        if text.startswith("groups:"):
             path.write_text(text)
         with caplog.at_level(logging.ERROR, logger="llmproxy.server.reload"):
             assert not await app.reloader.reload()
