@@ -93,6 +93,12 @@ class HttpChatProvider(Provider):
     def auth_headers(self, secret: str) -> dict[str, str]:
         return {"authorization": f"Bearer {secret}"}
 
+    def authorize(
+        self, headers: dict[str, str], secret: str, method: str, url: str, content: bytes
+    ) -> None:
+        """Add credentials to `headers`; request-signing schemes (SigV4) override this."""
+        headers.update(self.auth_headers(secret))
+
     def classify_error(self, status: int, headers: httpx.Headers, body: bytes) -> UpstreamError:
         return classify_status(status, body_excerpt(body), provider=self.name, headers=headers)
 
@@ -110,14 +116,21 @@ class HttpChatProvider(Provider):
     # --- I/O --------------------------------------------------------------------
 
     def _request_headers(
-        self, lease: Lease, extra: Iterable[tuple[str, str]] = (), *, json_body: bool = True
+        self,
+        lease: Lease,
+        method: str,
+        url: str,
+        content: bytes = b"",
+        extra: Iterable[tuple[str, str]] = (),
     ) -> dict[str, str]:
         headers = dict(self._headers)
-        if json_body:
+        if method == "POST":
             headers["content-type"] = "application/json"
+        else:
+            headers["accept"] = "application/json"
         headers.update(extra)
         if lease is not None:
-            headers.update(self.auth_headers(lease[0]))
+            self.authorize(headers, lease[0], method, url, content)
         return headers
 
     def _refused(self, lease: Lease, error: UpstreamError, tried: list[str]) -> Lease:
@@ -146,7 +159,7 @@ class HttpChatProvider(Provider):
         tried: list[str] = []
         try:
             while True:
-                headers = self._request_headers(lease, request.headers)
+                headers = self._request_headers(lease, "POST", url, content, request.headers)
                 async with self.client.stream(
                     "POST", url, content=content, headers=headers
                 ) as response:
@@ -191,8 +204,7 @@ class HttpChatProvider(Provider):
         lease = self.keys.acquire()
         tried: list[str] = []
         while True:
-            headers = self._request_headers(lease, json_body=False)
-            headers["accept"] = "application/json"
+            headers = self._request_headers(lease, "GET", url)
             try:
                 response = await self.client.get(url, headers=headers)
             except httpx.TransportError as exc:

@@ -14,11 +14,13 @@ PROVIDER_TYPES: dict[str, str] = {
     "mock": "llmproxy.server.providers.mock:MockProvider",
     "anthropic": "llmproxy.server.providers.anthropic:AnthropicProvider",
     "gemini": "llmproxy.server.providers.gemini:GeminiProvider",
+    "cohere": "llmproxy.server.providers.cohere:CohereProvider",
     "openai_compatible": "llmproxy.server.providers.openai_compat:OpenAICompatibleProvider",
     "openai": "llmproxy.server.providers.openai:OpenAIProvider",
     "azure_openai": "llmproxy.server.providers.azure_openai:AzureOpenAIProvider",
     "mistral": "llmproxy.server.providers.mistral:MistralProvider",
     "ollama": "llmproxy.server.providers.ollama:OllamaProvider",
+    "bedrock": "llmproxy.server.providers.bedrock:BedrockProvider",
 }
 
 
