@@ -75,6 +75,24 @@ class GroupConfig(Section):
         return self
 
 
+def fallback_cycles(groups: list[GroupConfig]) -> list[str]:
+    """A message for each group whose fallback chain leads back to itself."""
+    by_name = {g.name: g for g in groups}
+    found: list[str] = []
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in path:
+            if name == path[0]:
+                found.append(f"groups: fallback cycle {' -> '.join((*path, name))}")
+            return
+        for fallback in by_name[name].fallback if name in by_name else ():
+            visit(fallback, (*path, name))
+
+    for group in groups:
+        visit(group.name, ())
+    return found[:1]  # one cycle shows up once per member; naming it once is enough
+
+
 class RoutingConfig(Section):
     # task_type -> ordered candidates (models or groups); "default" when none matches.
     auto: dict[str, list[str]] = Field(default_factory=dict)

@@ -15,7 +15,12 @@ from llmproxy.server.config.caching import (
 )
 from llmproxy.server.config.observability import LoggingConfig, TracingConfig
 from llmproxy.server.config.providers import ModelConfig, ProviderConfig
-from llmproxy.server.config.routing import GroupConfig, ResilienceConfig, RoutingConfig
+from llmproxy.server.config.routing import (
+    GroupConfig,
+    ResilienceConfig,
+    RoutingConfig,
+    fallback_cycles,
+)
 from llmproxy.server.config.security import AuthConfig, RateLimitsConfig, TlsConfig
 from llmproxy.server.config.server import HttpClientConfig, ServerConfig
 
@@ -81,6 +86,8 @@ class Settings(BaseSettings):
             for j, name in enumerate(names):
                 if name not in models and name not in groups:
                     errors.append(f"routing.auto.{task}[{j}]: unknown model or group {name!r}")
+        if not errors:
+            errors.extend(fallback_cycles(self.groups))
         budgets: set[tuple[str, str]] = set()
         for i, b in enumerate(self.budgets):
             if (b.key_id, b.period) in budgets:

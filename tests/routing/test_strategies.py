@@ -6,6 +6,8 @@ from collections import Counter
 
 import pytest
 
+from llmproxy.server.config.routing import GroupConfig
+from llmproxy.server.core.catalog import Catalog
 from llmproxy.server.core.router import Router
 from llmproxy.server.core.routing.strategies import STRATEGIES
 from llmproxy.server.errors import ModelNotFoundError, UnavailableError
@@ -169,16 +171,17 @@ def test_group_fallbacks_follow_members_without_duplicates():
     assert names(plan(router, "g")) == ["a", "b", "c", "d"]
 
 
-def test_fallback_cycles_are_rejected_when_the_table_is_built():
-    settings = settings_with(
-        ["a", "b"],
-        groups=[
-            {"name": "x", "members": [{"model": "a"}], "fallback": ["y"]},
-            {"name": "y", "members": [{"model": "b"}], "fallback": ["x"]},
-        ],
-    )
+def test_fallback_cycles_are_rejected_by_config_validation_and_by_the_table():
+    groups = [
+        {"name": "x", "members": [{"model": "a"}], "fallback": ["y"]},
+        {"name": "y", "members": [{"model": "b"}], "fallback": ["x"]},
+    ]
     with pytest.raises(ValueError, match="fallback cycle x -> y -> x"):
-        catalog_for(settings)
+        settings_with(["a", "b"], groups=groups)
+    # The table checks too, for anything that builds one without Settings.
+    valid = catalog_for(settings_with(["a", "b"]))
+    with pytest.raises(ValueError, match="fallback cycle x -> y -> x"):
+        Catalog(list(valid.deployments.values()), [GroupConfig(**g) for g in groups])
 
 
 def test_auto_uses_the_task_type_table_then_default_then_task_types():
