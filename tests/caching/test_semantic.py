@@ -6,6 +6,7 @@ from site-packages, with the hub offline) except where exact vectors are needed.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 
@@ -25,7 +26,7 @@ from llmproxy.server.domain import (
     Role,
 )
 from llmproxy.v1 import llmproxy_pb2 as pb
-from tests.caching.conftest import REDIS_URL, gateway_config
+from tests.caching.conftest import REDIS_URL, eventually, gateway_config
 from tests.caching.fake_llm import reply_text
 from tests.caching.paraphrases import NON_PARAPHRASES, PARAPHRASES
 from tests.caching.test_units import deployment
@@ -225,6 +226,24 @@ async def test_requests_that_did_not_opt_in_never_embed(upstream):
             app.cache.semantic.embedder = real
         assert result.done.cache_status == pb.CACHE_STATUS_MISS
         assert counting.calls == 0
+
+
+async def test_an_identical_request_in_flight_is_joined_without_embedding(upstream):
+    async with running_client(settings_for(semantic_config(upstream.base_url))) as (app, client):
+        counting = FixedEmbedder({"same": [1.0, 0.0]})
+        app.cache.semantic.embedder.close()
+        app.cache.semantic.embedder = counting
+        app.cache.semantic.index = VectorIndex(2, 10)
+        first = asyncio.create_task(ask(client, "same", SEMANTIC, model="gated"))
+        await eventually(lambda: len(upstream.requests) == 1)
+        second = asyncio.create_task(ask(client, "same", SEMANTIC, model="gated"))
+        await eventually(
+            lambda: sum(len(f.subscribers) for f in app.cache.coalescer.flights()) == 2
+        )
+        upstream.event("release").set()
+        results = await asyncio.gather(first, second)
+        assert results[0].text == results[1].text
+        assert counting.calls == 1 and len(upstream.requests) == 1
 
 
 async def test_model_opted_in_by_config(upstream):

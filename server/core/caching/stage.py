@@ -98,11 +98,18 @@ class ResponseCache:
         started = time.perf_counter()
         digest = request_digest(query.messages, query.params)
         refresh = query.cache.mode is CacheMode.REFRESH
+        flight_key = "\0".join([digest, *(d.name for d in candidates)])
         probe: Probe | None = None
         if not refresh:
             answer = await self._lookup(candidates, digest)
             if answer is not None:
                 async for event in replay(answer, CacheStatus.HIT, started):
+                    yield event
+                return
+            # The very same request in flight beats a semantic neighbour: join it at once.
+            coalescer = self.coalescer
+            if coalescer is not None and (flight := coalescer.join(flight_key)) is not None:
+                async for event in coalescer.subscribe(flight, partial(shared_completed, started)):
                     yield event
                 return
             if self._wants_semantic(query, candidates):
@@ -119,9 +126,8 @@ class ResponseCache:
             probe = await self.semantic.probe(query, candidates)
         store = partial(self._store, candidates, digest, probe)
         if self.coalescer is not None and not refresh:
-            key = "\0".join([digest, *(d.name for d in candidates)])
-            flight = self.coalescer.join(key) or self.coalescer.start(
-                key, produce, lambda events, done: store(_text_of(events), done)
+            flight = self.coalescer.join(flight_key) or self.coalescer.start(
+                flight_key, produce, lambda events, done: store(_text_of(events), done)
             )
             async for event in self.coalescer.subscribe(flight, partial(shared_completed, started)):
                 yield event
