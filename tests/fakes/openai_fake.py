@@ -364,7 +364,12 @@ async def models(request: web.Request) -> web.Response:
     entry = await record(request)
     config = request.app.get(CONFIG) or FakeConfig()
     if config.models_delay_s:
-        await asyncio.sleep(config.models_delay_s)
+        # Slow, but give up as soon as the client does (a health check timing out).
+        deadline = time.monotonic() + config.models_delay_s
+        while time.monotonic() < deadline:
+            if request.transport is None or request.transport.is_closing():
+                raise ConnectionResetError
+            await asyncio.sleep(0.02)
     if config.auth_required and not authorized(entry.headers, config):
         return unauthorized()
     if (refusal := key_refusal(entry.headers, config)) is not None:
