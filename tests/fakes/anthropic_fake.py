@@ -8,7 +8,7 @@ fields and ranges) and answers as api.anthropic.com does: named SSE events
 `{"type":"error","error":{"type","message"},"request_id"}`. The model name picks
 the scenario:
 
-  ok (any other name)  normal stream            slow         one delta per 50 ms, 48 deltas
+  ok (any other name)  normal stream            slow         one delta per 20 ms, 48 deltas
   hang                 headers, then nothing    429          rate_limit_error, retry-after: 2
   500                  api_error                529          overloaded_error
   401                  authentication_error     context      400 "prompt is too long"
@@ -255,7 +255,7 @@ async def _stream(request: web.Request, body: dict) -> web.StreamResponse:
         reply = REPLY * 8 if model == "slow" else REPLY
         for i, word in enumerate(reply):
             if model == "slow":
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.02)
             if model == "malformed" and i == 2:
                 await response.write(b"event: content_block_delta\ndata: {not json\n\n")
                 return response

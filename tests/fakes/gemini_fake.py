@@ -9,7 +9,7 @@ last chunk and no other terminator; errors as `{"error":{"code","message",
 detail. `:generateContent` answers the same content in one JSON object. The model
 name picks the scenario:
 
-  ok (any other name)  normal stream            slow          one chunk per 50 ms, 48 chunks
+  ok (any other name)  normal stream            slow          one chunk per 20 ms, 48 chunks
   hang                 headers, then nothing    usage-at-end  usageMetadata only on the last chunk
   429                  RESOURCE_EXHAUSTED, retryDelay 2s      500  INTERNAL
   503                  UNAVAILABLE "overloaded" 401           400 API_KEY_INVALID (as a bad key)
@@ -280,7 +280,7 @@ async def _stream(request: web.Request, model: str, finish: str) -> web.StreamRe
         last = len(reply) - 1
         for i, word in enumerate(reply):
             if model == "slow":
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.02)
             if model == "malformed" and i == 2:
                 await out.write(b"data: {not json\r\n\r\n")
                 return out
