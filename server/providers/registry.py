@@ -15,7 +15,6 @@ PROVIDER_TYPES: dict[str, str] = {
     "anthropic": "llmproxy.server.providers.anthropic:AnthropicProvider",
     "gemini": "llmproxy.server.providers.gemini:GeminiProvider",
     "cohere": "llmproxy.server.providers.cohere:CohereProvider",
-    "cohere": "llmproxy.server.providers.cohere:CohereProvider",
     "openai_compatible": "llmproxy.server.providers.openai_compat:OpenAICompatibleProvider",
     "openai": "llmproxy.server.providers.openai:OpenAIProvider",
     "azure_openai": "llmproxy.server.providers.azure_openai:AzureOpenAIProvider",
