@@ -225,8 +225,11 @@ async def test_sighup_reloads_a_running_server(tmp_path):
         stderr=asyncio.subprocess.PIPE,
     )
     lines: list[str] = []
+    drain: asyncio.Task[None] | None = None
     try:
         port = await grpc_port_from_logs(proc, lines)
+        # Keep reading: a full pipe would block the server's logging, and the server.
+        drain = asyncio.create_task(read_lines(proc, lines))
         async with AsyncLLMProxyClient(f"127.0.0.1:{port}") as client:
 
             async def has_two_models() -> bool:
@@ -246,14 +249,19 @@ async def test_sighup_reloads_a_running_server(tmp_path):
         proc.send_signal(signal.SIGTERM)
         try:
             async with asyncio.timeout(10):
-                rest = await proc.stderr.read() if proc.stderr else b""
                 await proc.wait()
+                if drain is not None:
+                    await drain
         except TimeoutError:
             proc.kill()
             await proc.wait()
-            rest = b""
-    lines.extend(rest.decode().splitlines())
     assert any("config reload rejected" in line for line in lines)
+
+
+async def read_lines(proc: asyncio.subprocess.Process, lines: list[str]) -> None:
+    assert proc.stderr is not None
+    while line := await proc.stderr.readline():
+        lines.append(line.decode())
 
 
 async def grpc_port_from_logs(proc: asyncio.subprocess.Process, lines: list[str]) -> int:

@@ -180,19 +180,17 @@ async def test_no_attempt_starts_after_the_callers_deadline(upstream):
 
 
 async def test_an_attempt_that_cannot_finish_in_time_is_not_started(upstream):
-    upstream.script("slow", ok(ttft_s=0.3))
+    upstream.script("slow", ok(ttft_s=0.6))
     async with gateway(upstream, ["slow", "fast"], groups=group("slow", "fast")) as (_, client):
-        for _ in range(2):  # the gateway learns that slow takes about 300 ms
+        for _ in range(2):  # the gateway learns that slow takes about 600 ms
             await client.query("hi", model="slow")
-        result = await client.query("hi", model="g", timeout=0.2)
+        result = await client.query("hi", model="g", timeout=0.4)
         assert result.done.model == "fast"
         assert attempts(result.done) == [("fast", "")]
-        started = time.monotonic()
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await client.query("hi", model="slow", timeout=0.2)
+            await client.query("hi", model="slow", timeout=0.4)
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert time.monotonic() - started < 0.2  # refused up front, not timed out
-    assert len(upstream.calls_to("slow")) == 2
+    assert len(upstream.calls_to("slow")) == 2  # neither deadline-bound request reached it
 
 
 async def test_circuit_opens_is_skipped_at_no_cost_and_recovers_half_open(upstream):
