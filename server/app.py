@@ -95,6 +95,7 @@ class App:
         self.queries.router.catalog = catalog
         self.status.catalog = catalog
         self.metrics.models = frozenset(catalog.known_names())
+        self.metrics.providers = frozenset(d.provider_name for d in catalog.deployments.values())
 
     async def start(self) -> None:
         cfg = self.settings.server
