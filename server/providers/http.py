@@ -7,9 +7,57 @@ about three times faster here than httpx's own for streamed responses.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 from httpx_aiohttp import AiohttpTransport
+
+# Distinct upstream URLs are few (one or two per configured model); past this the
+# cache starts over rather than grow with whatever a misbehaving caller sends.
+URL_CACHE_SIZE = 1024
+
+
+class _NoCookies(httpx.Cookies):
+    """A jar that ignores every Set-Cookie and adds no Cookie header of its own."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+    def set_cookie_header(self, request: httpx.Request) -> None:
+        return None
+
+
+class UpstreamClient(httpx.AsyncClient):
+    """httpx.AsyncClient minus the browser habits an upstream client must not have.
+
+    No cookie jar: one client is shared by every caller, so a cookie set on one
+    caller's answer must never ride along on another's request. URL strings are
+    parsed once, not by httpx's pure-Python parser on every request. Together
+    they cut the client's CPU per streamed request from about 305 to 240 us.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._urls: dict[str, httpx.URL] = {}
+        self._no_cookies = _NoCookies()
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._no_cookies
+
+    @cookies.setter
+    def cookies(self, cookies: Any) -> None:
+        return None
+
+    def build_request(self, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Request:
+        if isinstance(url, str):
+            parsed = self._urls.get(url)
+            if parsed is None:
+                if len(self._urls) >= URL_CACHE_SIZE:
+                    self._urls.clear()
+                parsed = self._urls[url] = httpx.URL(url)
+            url = parsed
+        return super().build_request(method, url, **kwargs)
 
 
 @dataclass(slots=True, frozen=True)
@@ -33,7 +81,7 @@ def build_http_client(settings: HttpClientSettings, *, base_url: str = "") -> ht
         write=settings.connect_timeout_s,
         pool=settings.pool_timeout_s,
     )
-    return httpx.AsyncClient(
+    return UpstreamClient(
         base_url=base_url,
         transport=AiohttpTransport(limits=limits, trust_env=False),
         timeout=timeout,
