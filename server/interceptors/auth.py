@@ -17,8 +17,20 @@ import grpc
 from llmproxy.server.api.error_status import to_rpc_status
 from llmproxy.server.errors import LLMProxyError, PermissionDeniedError
 from llmproxy.server.interceptors import handlers
-from llmproxy.server.interceptors.call import LLMPROXY_SERVICE, current_call, current_request_id
-from llmproxy.server.interceptors.identity import Principal, set_principal
+from llmproxy.server.interceptors.call import (
+    LLMPROXY_SERVICE,
+    CallInfo,
+    CallInterceptor,
+    current_request_id,
+    drop_hooks_after,
+    hooks_mark,
+)
+from llmproxy.server.interceptors.identity import (
+    ANONYMOUS_PRINCIPAL,
+    Principal,
+    current_principal,
+    set_principal,
+)
 from llmproxy.server.observability.metrics import Metrics
 from llmproxy.server.security.api_keys import KeyStore, unauthenticated
 from llmproxy.server.security.jwt_tokens import JwtVerifier, looks_like_jwt
@@ -56,7 +68,7 @@ def certificate_identity(context: grpc.aio.ServicerContext) -> str | None:
     return None
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
+class AuthInterceptor(CallInterceptor):
     def __init__(
         self,
         *,
@@ -67,6 +79,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         client_cert_identity: bool,
         metrics: Metrics,
     ) -> None:
+        super().__init__()
         self.enabled = enabled
         self.keys = keys
         self.jwt = jwt
@@ -78,28 +91,68 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         service, rpc = handlers.split_method(handler_call_details.method)
         if service in self.public:
             return await continuation(handler_call_details)
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
         credential = credential_from(handler_call_details.invocation_metadata)
         if credential is None:
             if self.client_cert_identity:
-                return handlers.guarded(handler, self._certificate_check(rpc), self._refusal)
+                # Decided in `begin`, where the TLS context is visible.
+                return await self.join(continuation, handler_call_details)
             if not self.enabled:
-                return handler
-            return self._refuse(handler, unauthenticated(MISSING, "missing_credentials"))
+                return await continuation(handler_call_details)
+            error = unauthenticated(MISSING, "missing_credentials")
+            return await self._refuse(continuation, handler_call_details, error)
         if not self.enabled:
-            return handler
+            return await continuation(handler_call_details)
         try:
             principal = self._verify(credential)
             # Known from here on, so a refusal for scope is logged with the key id.
             set_principal(principal)
             self._check_rpc(principal, rpc)
         except LLMProxyError as error:
-            return self._refuse(handler, error)
+            return await self._refuse(continuation, handler_call_details, error)
         if principal.models is None or service != LLMPROXY_SERVICE or rpc not in _MODEL_RPCS:
-            return handler
-        return handlers.guarded(handler, self._model_check(principal, rpc), self._refusal)
+            return await continuation(handler_call_details)
+        return await self.join(continuation, handler_call_details)  # model scopes: in `begin`
+
+    async def begin(self, call: CallInfo, request: Any, context: grpc.aio.ServicerContext) -> None:
+        try:
+            self._check_call(call, request, context)
+        except LLMProxyError as error:
+            self.metrics.auth_failure(error.metadata.get("cause", "other"))
+            raise
+
+    def _check_call(self, call: CallInfo, request: Any, context: grpc.aio.ServicerContext) -> None:
+        principal = current_principal()
+        if principal is ANONYMOUS_PRINCIPAL:  # no credential was sent: the certificate, then
+            principal = self._from_certificate(context)
+            if principal is None:
+                return
+            set_principal(principal)
+            call.key_id = principal.key_id
+            if not self.enabled:
+                return
+            self._check_rpc(principal, call.rpc)
+        self._check_models(principal, call.rpc, request)
+
+    def _from_certificate(self, context: grpc.aio.ServicerContext) -> Principal | None:
+        identity = certificate_identity(context)
+        if identity is None:
+            if self.enabled:
+                raise unauthenticated(MISSING, "missing_credentials")
+            return None
+        stored = self.keys.by_id(identity)
+        if stored is not None:
+            return self.keys.check_expiry(stored, time.time())
+        return Principal(identity, method="client_cert")
+
+    async def _refuse(self, continuation, handler_call_details, error: LLMProxyError):
+        """A handler of the real one's shape that only aborts; nothing after us runs."""
+        self.metrics.auth_failure(error.metadata.get("cause", "other"))
+        mark = hooks_mark()
+        handler = await continuation(handler_call_details)
+        drop_hooks_after(mark)
+        if handler is None:
+            return None
+        return handlers.aborting(handler, lambda: to_rpc_status(error, current_request_id()))
 
     def _verify(self, credential: str) -> Principal:
         now = time.time()
@@ -129,39 +182,3 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                     f"key {principal.key_id!r} may not use model {name!r}",
                     metadata={"cause": "model_not_allowed", "key_id": principal.key_id},
                 )
-
-    def _model_check(self, principal: Principal, rpc: str) -> handlers.Check:
-        async def check(request: Any, context: grpc.aio.ServicerContext) -> None:
-            self._check_models(principal, rpc, request)
-
-        return check
-
-    def _certificate_check(self, rpc: str) -> handlers.Check:
-        async def check(request: Any, context: grpc.aio.ServicerContext) -> None:
-            identity = certificate_identity(context)
-            if identity is None:
-                if self.enabled:
-                    raise unauthenticated(MISSING, "missing_credentials")
-                return
-            stored = self.keys.by_id(identity)
-            if stored is not None:
-                principal = self.keys.check_expiry(stored, time.time())
-            else:
-                principal = Principal(identity, method="client_cert")
-            set_principal(principal)
-            call = current_call()
-            if call is not None:
-                call.key_id = principal.key_id
-            if self.enabled:
-                self._check_rpc(principal, rpc)
-                self._check_models(principal, rpc, request)
-
-        return check
-
-    def _refusal(self, error: LLMProxyError):
-        self.metrics.auth_failure(error.metadata.get("cause", "other"))
-        return to_rpc_status(error, current_request_id())
-
-    def _refuse(self, handler: grpc.RpcMethodHandler, error: LLMProxyError):
-        self.metrics.auth_failure(error.metadata.get("cause", "other"))
-        return handlers.aborting(handler, lambda: to_rpc_status(error, current_request_id()))

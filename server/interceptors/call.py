@@ -1,9 +1,10 @@
-"""One record per RPC, shared by the interceptors that follow a call from start to end.
+"""One record per RPC, and the base of the interceptors that follow a call from start to end.
 
-The outermost `CallInterceptor` creates the `CallInfo`, gives the request an id and
-reads each response as it passes (the stream's `done` events carry the served model,
-provider, usage, TTFT, cache status and proxy overhead); inner ones reuse the record,
-so a stream is read once however many interceptors watch it. Every wrapper ends in
+The outermost `CallInterceptor` wraps the handler once; the others join the call
+(see `CallInterceptor.join`), so a stream is wrapped once and read once however
+many interceptors watch it. The wrapper creates the `CallInfo`, gives the request
+an id, reads each response as it passes (the stream's `done` events carry the
+served model, provider, usage, TTFT, cache status and proxy overhead) and ends in
 a `finally`, so a cancelled or failed stream is recorded too.
 """
 
@@ -12,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import random
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +70,8 @@ class CallInfo:
     answer: list[str] | None = None
     # What the rate limiter charged up front, settled against the real usage at the end.
     reservation: Any = None
+    # How many interceptors' `begin` ran (their `end` runs).
+    begun: int = 0
 
     @property
     def input_tokens(self) -> int:
@@ -100,6 +103,8 @@ class CallInfo:
         )
 
 
+_random = random.Random()
+
 _CALL: contextvars.ContextVar[CallInfo | None] = contextvars.ContextVar(
     "llmproxy_call", default=None
 )
@@ -112,7 +117,7 @@ def current_call() -> CallInfo | None:
 def current_request_id() -> str:
     """The running call's request id (a fresh one outside any recorded call)."""
     call = _CALL.get()
-    return call.request_id if call is not None else uuid.uuid4().hex
+    return call.request_id if call is not None else new_request_id()
 
 
 def status_name(context: grpc.aio.ServicerContext, error: BaseException | None) -> str:
@@ -126,10 +131,7 @@ def status_name(context: grpc.aio.ServicerContext, error: BaseException | None) 
     return "UNKNOWN"
 
 
-def _enter(service: str, rpc: str, request: Any) -> tuple[CallInfo, bool]:
-    call = _CALL.get()
-    if call is not None:
-        return call, False
+def _enter(service: str, rpc: str, request: Any) -> CallInfo:
     requested = ""
     request_id = ""
     if service == LLMPROXY_SERVICE:
@@ -139,18 +141,23 @@ def _enter(service: str, rpc: str, request: Any) -> tuple[CallInfo, bool]:
             requested = ",".join(request.models) or "auto"
         if requested:
             # One id for the servicer, the logs and the error details alike.
-            request_id = request.request_id or uuid.uuid4().hex
+            request_id = request.request_id or new_request_id()
             request.request_id = request_id
     call = CallInfo(
         service,
         rpc,
         time.perf_counter(),
-        request_id or uuid.uuid4().hex,
+        request_id or new_request_id(),
         current_key_id(),
         requested,
     )
     _CALL.set(call)
-    return call, True
+    return call
+
+
+def new_request_id() -> str:
+    """32 hex digits, like uuid4().hex: unique, not secret, and no syscall per call."""
+    return f"{_random.getrandbits(128):032x}"
 
 
 def observe_query(call: CallInfo, message: pb.QueryResponse) -> None:
@@ -197,11 +204,24 @@ _OBSERVERS: dict[str, Callable[[CallInfo, Any], None]] = {
 }
 
 
-class CallInterceptor(grpc.aio.ServerInterceptor):
-    """Base: wraps every handler so a subclass sees each call begin, its response, and its end.
+# The CallInterceptors that joined the running call, outermost first (see `join`).
+_HOOKS: contextvars.ContextVar[list[CallInterceptor] | None] = contextvars.ContextVar(
+    "llmproxy_call_hooks", default=None
+)
 
-    `begin` may raise an LLMProxyError to refuse the call (it becomes the gRPC status);
-    `end` runs exactly once per call, after the code and outcomes are known.
+
+class CallInterceptor(grpc.aio.ServerInterceptor):
+    """Base: a subclass sees each call begin, its unary response, and its end.
+
+    `begin` may raise an LLMProxyError to refuse the call (it becomes the gRPC
+    status) and may be a coroutine; `end` runs once per call whose `begin` ran,
+    after the code and outcomes are known, innermost first.
+
+    However many CallInterceptors a chain has, a call is wrapped once: the
+    outermost one wraps the handler, the inner ones only join the call's hook list
+    while the chain is resolved, so a stream pays one generator hop per message
+    and is read once. Hooks run in chain order, so everything between two of them
+    in the chain (auth deciding from metadata) has already happened.
     """
 
     def __init__(self) -> None:
@@ -210,6 +230,15 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(self, continuation, handler_call_details):
+        return await self.join(continuation, handler_call_details)
+
+    async def join(self, continuation, handler_call_details):
+        """Add this interceptor's hooks to the call; the outermost one also wraps the handler."""
+        hooks = _HOOKS.get()
+        if hooks is not None:
+            hooks.append(self)
+            return await continuation(handler_call_details)
+        _HOOKS.set([self])
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
@@ -220,14 +249,17 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         service, rpc = handlers.split_method(method)
         wrapped = handlers.wrap(
             handler,
-            lambda inner: self._unary(service, rpc, inner),
-            lambda inner: self._stream(service, rpc, inner),
+            lambda inner: _unary(service, rpc, inner),
+            lambda inner: _stream(service, rpc, inner),
         )
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
-    async def begin(self, call: CallInfo, request: Any, context: grpc.aio.ServicerContext) -> None:
+    def begin(
+        self, call: CallInfo, request: Any, context: grpc.aio.ServicerContext
+    ) -> Awaitable[None] | None:
         """Before the handler runs; `request` is None for client-streaming RPCs."""
+        return None
 
     def response(self, call: CallInfo, message: Any) -> None:
         """A unary RPC's response, before it is sent."""
@@ -235,61 +267,96 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     def end(self, call: CallInfo) -> None:
         """After the call, however it ended."""
 
-    def _unary(self, service: str, rpc: str, inner: Callable[..., Any]):
-        """Also serves coroutine-style streaming handlers (they write via context.write)."""
 
-        async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            message = request if isinstance(request, Message) else None
-            call, _ = _enter(service, rpc, message)
-            error: BaseException | None = None
-            try:
-                await self.begin(call, message, context)
-                response = await inner(request, context)
-                self.response(call, response)
-                return response
-            except LLMProxyError as refused:
-                error = refused
-                await abort(context, to_rpc_status(refused, call.request_id))
-            except BaseException as failed:
-                error = failed
-                raise
-            finally:
-                call.finish(context, error)
-                self.end(call)
+def hooks_mark() -> int:
+    """How many interceptors have joined the call so far (for `drop_hooks_after`)."""
+    hooks = _HOOKS.get()
+    return 0 if hooks is None else len(hooks)
 
-        return behavior
 
-    def _stream(self, service: str, rpc: str, inner: handlers.StreamBehavior):
-        if not inspect.isasyncgenfunction(inner):
-            return self._unary(service, rpc, inner)
-        observe = _OBSERVERS.get(rpc) if service == LLMPROXY_SERVICE else None
+def drop_hooks_after(mark: int) -> None:
+    """Forget the interceptors that joined after `mark`: the call is refused before them."""
+    hooks = _HOOKS.get()
+    if hooks is not None:
+        del hooks[mark:]
 
-        async def behavior(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            message = request if isinstance(request, Message) else None
-            call, owner = _enter(service, rpc, message)
-            error: BaseException | None = None
-            responses = None
-            try:
-                await self.begin(call, message, context)
-                responses = inner(request, context)
-                if owner and observe is not None:
-                    async for item in responses:
-                        observe(call, item)
-                        yield item
-                else:
-                    async for item in responses:
-                        yield item
-            except LLMProxyError as refused:
-                error = refused
-                await abort(context, to_rpc_status(refused, call.request_id))
-            except BaseException as failed:
-                error = failed
-                raise
-            finally:
-                if responses is not None:
-                    # Close the inner stream now, so its own `end` runs before ours.
-                    await responses.aclose()
-                call.finish(context, error)
-                self.end(call)
 
-        return behavior
+async def _begin_all(hooks: list[CallInterceptor], call: CallInfo, message, context) -> int:
+    ran = 0
+    try:
+        for hook in hooks:
+            pending = hook.begin(call, message, context)
+            if pending is not None:
+                await pending
+            ran += 1
+    finally:
+        call.begun = ran
+    return ran
+
+
+def _end_all(hooks: list[CallInterceptor], call: CallInfo, context, error) -> None:
+    call.finish(context, error)
+    for hook in reversed(hooks[: call.begun]):
+        hook.end(call)
+
+
+def _unary(service: str, rpc: str, inner: Callable[..., Any]):
+    """Also serves coroutine-style streaming handlers (they write via context.write)."""
+
+    async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        hooks = _HOOKS.get() or []
+        message = request if isinstance(request, Message) else None
+        call = _enter(service, rpc, message)
+        error: BaseException | None = None
+        try:
+            await _begin_all(hooks, call, message, context)
+            response = await inner(request, context)
+            for hook in hooks:
+                hook.response(call, response)
+            return response
+        except LLMProxyError as refused:
+            error = refused
+            await abort(context, to_rpc_status(refused, call.request_id))
+        except BaseException as failed:
+            error = failed
+            raise
+        finally:
+            _end_all(hooks, call, context, error)
+
+    return behavior
+
+
+def _stream(service: str, rpc: str, inner: handlers.StreamBehavior):
+    if not inspect.isasyncgenfunction(inner):
+        return _unary(service, rpc, inner)
+    observe = _OBSERVERS.get(rpc) if service == LLMPROXY_SERVICE else None
+
+    async def behavior(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        hooks = _HOOKS.get() or []
+        message = request if isinstance(request, Message) else None
+        call = _enter(service, rpc, message)
+        error: BaseException | None = None
+        responses = None
+        try:
+            await _begin_all(hooks, call, message, context)
+            responses = inner(request, context)
+            if observe is not None:
+                async for item in responses:
+                    observe(call, item)
+                    yield item
+            else:
+                async for item in responses:
+                    yield item
+        except LLMProxyError as refused:
+            error = refused
+            await abort(context, to_rpc_status(refused, call.request_id))
+        except BaseException as failed:
+            error = failed
+            raise
+        finally:
+            if responses is not None:
+                # Finish the handler's own cleanup before the hooks read the outcome.
+                await responses.aclose()
+            _end_all(hooks, call, context, error)
+
+    return behavior

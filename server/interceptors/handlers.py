@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 from google.rpc import status_pb2
 
 from llmproxy.server.api.error_status import abort
-from llmproxy.server.errors import LLMProxyError
 
 # A behaviour for a unary response: async (request_or_iterator, context) -> response.
 UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext], Any]
 # A behaviour for a streamed response: an async generator (request_or_iterator, context).
 StreamBehavior = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
-# A check run before a handler: raises an LLMProxyError to refuse the call.
-Check = Callable[[Any, grpc.aio.ServicerContext], Awaitable[None]]
-StatusFor = Callable[[LLMProxyError], status_pb2.Status]
 
 _FACTORIES = {
     (False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler),
@@ -75,36 +70,3 @@ def aborting(
         yield  # pragma: no cover - makes this an async generator; abort always raises
 
     return rebuild(handler, refuse_stream if handler.response_streaming else refuse_unary)
-
-
-def guarded(
-    handler: grpc.RpcMethodHandler, check: Check, status_for: StatusFor
-) -> grpc.RpcMethodHandler:
-    """Run `check(request, context)` first; an LLMProxyError it raises becomes the call's status.
-
-    For decisions that need the request message or the TLS context, which
-    `intercept_service` cannot see.
-    """
-    inner = behavior_of(handler)
-
-    async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            await check(request, context)
-        except LLMProxyError as error:
-            await abort(context, status_for(error))
-        return await inner(request, context)
-
-    async def checked_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        try:
-            await check(request, context)
-        except LLMProxyError as error:
-            await abort(context, status_for(error))
-        responses = inner(request, context)
-        try:
-            async for item in responses:
-                yield item
-        finally:
-            await responses.aclose()
-
-    streams = handler.response_streaming and inspect.isasyncgenfunction(inner)
-    return rebuild(handler, checked_stream if streams else checked)

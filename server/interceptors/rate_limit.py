@@ -65,7 +65,7 @@ class RateLimitInterceptor(CallInterceptor):
     async def intercept_service(self, continuation, handler_call_details):
         if not handler_call_details.method.startswith(f"/{LLMPROXY_SERVICE}/"):
             return await continuation(handler_call_details)
-        return await super().intercept_service(continuation, handler_call_details)
+        return await self.join(continuation, handler_call_details)
 
     async def begin(self, call: CallInfo, request: Any, context: grpc.aio.ServicerContext) -> None:
         principal = current_principal()
