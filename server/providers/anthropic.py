@@ -11,34 +11,23 @@ caller's seed is dropped rather than failing the call.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import orjson
 
-from llmproxy.server.domain import (
-    ChatRequest,
-    Finish,
-    FinishReason,
-    ProviderEvent,
-    Role,
-    TextDelta,
-    Usage,
-)
+from llmproxy.server.domain import ChatRequest, Finish, FinishReason, Role, Usage
 from llmproxy.server.errors import (
     UpstreamError,
     UpstreamInvalidRequestError,
     UpstreamProtocolError,
     UpstreamUnavailableError,
 )
-from llmproxy.server.providers.base import Provider, ProviderSettings
-from llmproxy.server.providers.errors import (
-    classify_status,
-    classify_transport_error,
-    key_cooldown_s,
-)
+from llmproxy.server.providers.base import ProviderSettings
+from llmproxy.server.providers.errors import classify_status
+from llmproxy.server.providers.http_chat import HttpChatProvider, option
 from llmproxy.server.providers.keys import KeyPool
 from llmproxy.server.providers.sse import SSEEvent, SSEParser
 
@@ -202,106 +191,75 @@ def stream_error(error: Any, *, provider: str) -> UpstreamError:
     return classify_status(ERROR_STATUS.get(kind, 500), message[:500], provider=provider)
 
 
-class AnthropicProvider(Provider):
-    """Streams `POST {base_url}/v1/messages`; lists `GET {base_url}/v1/models`."""
+class AnthropicDecoder:
+    """Pure: Messages SSE bytes in as they arrive, answer text and the closing Finish out."""
 
-    page_size = 1000  # the API's maximum `limit` for the models list
+    __slots__ = ("_parser", "_provider", "_state")
+
+    def __init__(self, provider: str) -> None:
+        self._parser = SSEParser()
+        self._state = StreamState()
+        self._provider = provider
+
+    @property
+    def done(self) -> bool:
+        return self._state.done
+
+    def feed(self, data: bytes) -> str:
+        texts = []
+        for event in self._parser.feed(data):
+            if text := parse_event(event, self._state, provider=self._provider):
+                texts.append(text)
+            if self._state.done:
+                break
+        return "".join(texts)
+
+    def finish(self) -> Finish:
+        if not self._state.done:
+            raise UpstreamUnavailableError(
+                f"{self._provider}: stream ended before message_stop", provider=self._provider
+            )
+        return self._state.finish()
+
+
+class AnthropicProvider(HttpChatProvider):
+    """Streams `POST {base_url}/v1/messages`; lists `GET {base_url}/v1/models`."""
 
     def __init__(
         self, settings: ProviderSettings, client: httpx.AsyncClient | None, keys: KeyPool
     ) -> None:
+        self._version = option(settings, "api_version", str, API_VERSION)
+        auth = option(settings, "auth", str, "bearer").lower()
+        if auth not in ("bearer", "x-api-key"):
+            raise ValueError(f"providers[{settings.name}].options.auth must be bearer or x-api-key")
+        self._bearer = auth == "bearer"
+        self._max_tokens = option(settings, "default_max_tokens", int, DEFAULT_MAX_TOKENS)
         super().__init__(settings, client, keys)
-        options = settings.options
-        base = (settings.base_url or DEFAULT_BASE_URL).rstrip("/")
-        self._messages_url = base + "/v1/messages"
-        self._models_url = base + "/v1/models"
-        self._bearer = str(options.get("auth", "bearer")).lower() != "x-api-key"
-        self._max_tokens = int(options.get("default_max_tokens", DEFAULT_MAX_TOKENS))  # type: ignore[call-overload]
-        self._headers = {
-            "content-type": "application/json",
-            "accept": "text/event-stream",
-            "anthropic-version": str(options.get("api_version", API_VERSION)),
-            **settings.headers,
-        }
+        self._base = (settings.base_url or DEFAULT_BASE_URL).rstrip("/")
 
-    def _build_headers(self, extra: tuple[tuple[str, str], ...] = ()) -> tuple[dict, str | None]:
-        headers = dict(self._headers)
-        headers.update(extra)
-        label = None
-        if (key := self.keys.acquire()) is not None:
-            secret, label = key
-            if self._bearer:
-                headers["authorization"] = f"Bearer {secret}"
-            else:
-                headers["x-api-key"] = secret
-        return headers, label
+    def url(self, request: ChatRequest) -> str:
+        return self._base + "/v1/messages"
 
-    def _failed(self, label: str | None, response: httpx.Response, body: bytes) -> UpstreamError:
-        error = classify_error(response.status_code, response.headers, body, provider=self.name)
-        if label is not None and (rest := key_cooldown_s(error)) is not None:
-            self.keys.cool_down(label, rest)
-        return error
+    def static_headers(self) -> dict[str, str]:
+        return {"anthropic-version": self._version}
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[ProviderEvent]:
-        assert self.client is not None
+    def auth_headers(self, secret: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {secret}"} if self._bearer else {"x-api-key": secret}
+
+    def build_body(self, request: ChatRequest) -> dict[str, Any]:
         body = build_body(request, default_max_tokens=self._max_tokens)
         if not body["messages"]:
             raise UpstreamInvalidRequestError(
                 f"{self.name}: a user or assistant message is required", provider=self.name
             )
-        headers, label = self._build_headers(request.headers)
-        try:
-            async with self.client.stream(
-                "POST", self._messages_url, content=orjson.dumps(body), headers=headers
-            ) as response:
-                if response.status_code != 200:
-                    raise self._failed(label, response, await response.aread())
-                async for event in self._parse_stream(response):
-                    yield event
-        except httpx.TransportError as exc:
-            raise classify_transport_error(exc, provider=self.name) from None
+        return body
 
-    async def _parse_stream(self, response: httpx.Response) -> AsyncIterator[ProviderEvent]:
-        parser = SSEParser()
-        state = StreamState()
-        name = self.name
-        async for chunk in response.aiter_bytes():
-            texts = []
-            for event in parser.feed(chunk):
-                if text := parse_event(event, state, provider=name):
-                    texts.append(text)
-                if state.done:
-                    break
-            if texts:
-                yield TextDelta("".join(texts))
-            if state.done:
-                break
-        if not state.done:
-            raise UpstreamUnavailableError(
-                f"{name}: stream ended before message_stop", provider=name
-            )
-        yield state.finish()
+    def new_decoder(self) -> AnthropicDecoder:
+        return AnthropicDecoder(self.name)
 
-    async def list_models(self) -> list[str]:
-        assert self.client is not None
-        headers, label = self._build_headers()
-        ids: list[str] = []
-        params: dict[str, str | int] = {"limit": self.page_size}
-        for _ in range(20):  # pages; a bound so a looping cursor cannot spin forever
-            try:
-                response = await self.client.get(self._models_url, headers=headers, params=params)
-            except httpx.TransportError as exc:
-                raise classify_transport_error(exc, provider=self.name) from None
-            if response.status_code != 200:
-                raise self._failed(label, response, response.content)
-            try:
-                page = orjson.loads(response.content)
-            except orjson.JSONDecodeError:
-                raise UpstreamProtocolError(
-                    f"{self.name}: malformed models list", provider=self.name
-                ) from None
-            ids.extend(m["id"] for m in page.get("data", ()))
-            if not page.get("has_more") or not page.get("last_id"):
-                break
-            params["after_id"] = page["last_id"]
-        return ids
+    def classify_error(self, status: int, headers: httpx.Headers, body: bytes) -> UpstreamError:
+        return classify_error(status, headers, body, provider=self.name)
+
+    def models_url(self) -> str | None:
+        # One page at the API's largest `limit`: far more models than Anthropic offers.
+        return self._base + "/v1/models?limit=1000"

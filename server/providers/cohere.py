@@ -9,21 +9,14 @@ rather than failing the call. Its own status codes 498 (invalid token) and 499
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import orjson
 
-from llmproxy.server.domain import (
-    ChatRequest,
-    Finish,
-    FinishReason,
-    ProviderEvent,
-    TextDelta,
-    Usage,
-)
+from llmproxy.server.domain import ChatRequest, Finish, FinishReason, Usage
 from llmproxy.server.errors import (
     UpstreamAuthError,
     UpstreamError,
@@ -32,12 +25,9 @@ from llmproxy.server.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
-from llmproxy.server.providers.base import Provider, ProviderSettings
-from llmproxy.server.providers.errors import (
-    classify_status,
-    classify_transport_error,
-    key_cooldown_s,
-)
+from llmproxy.server.providers.base import ProviderSettings
+from llmproxy.server.providers.errors import classify_status
+from llmproxy.server.providers.http_chat import HttpChatProvider
 from llmproxy.server.providers.keys import KeyPool
 from llmproxy.server.providers.sse import SSEEvent, SSEParser
 
@@ -163,99 +153,65 @@ def parse_event(event: SSEEvent, state: StreamState, *, provider: str) -> str:
     return ""
 
 
-class CohereProvider(Provider):
-    """Streams `POST {base_url}/v2/chat`; lists `GET {base_url}/v1/models?endpoint=chat`."""
+class CohereDecoder:
+    """Pure: v2 chat SSE bytes in as they arrive, answer text and the closing Finish out."""
 
-    page_size = 1000
+    __slots__ = ("_parser", "_provider", "_state")
+
+    def __init__(self, provider: str) -> None:
+        self._parser = SSEParser()
+        self._state = StreamState()
+        self._provider = provider
+
+    @property
+    def done(self) -> bool:
+        return self._state.done
+
+    def feed(self, data: bytes) -> str:
+        texts = []
+        for event in self._parser.feed(data):
+            if text := parse_event(event, self._state, provider=self._provider):
+                texts.append(text)
+            if self._state.done:
+                break
+        return "".join(texts)
+
+    def finish(self) -> Finish:
+        if not self._state.done:
+            raise UpstreamUnavailableError(
+                f"{self._provider}: stream ended before message-end", provider=self._provider
+            )
+        return self._state.finish()
+
+
+class CohereProvider(HttpChatProvider):
+    """Streams `POST {base_url}/v2/chat`; lists `GET {base_url}/v1/models?endpoint=chat`."""
 
     def __init__(
         self, settings: ProviderSettings, client: httpx.AsyncClient | None, keys: KeyPool
     ) -> None:
         super().__init__(settings, client, keys)
-        base = (settings.base_url or DEFAULT_BASE_URL).rstrip("/")
-        self._chat_url = base + "/v2/chat"
-        self._models_url = base + "/v1/models"
-        self._headers = {
-            "content-type": "application/json",
-            "accept": "text/event-stream",
-            **settings.headers,
-        }
+        self._base = (settings.base_url or DEFAULT_BASE_URL).rstrip("/")
 
-    def _build_headers(self, extra: tuple[tuple[str, str], ...] = ()) -> tuple[dict, str | None]:
-        headers = dict(self._headers)
-        headers.update(extra)
-        label = None
-        if (key := self.keys.acquire()) is not None:
-            secret, label = key
-            headers["authorization"] = f"Bearer {secret}"
-        return headers, label
+    def url(self, request: ChatRequest) -> str:
+        return self._base + "/v2/chat"
 
-    def _failed(self, label: str | None, response: httpx.Response, body: bytes) -> UpstreamError:
-        error = classify_error(response.status_code, response.headers, body, provider=self.name)
-        if label is not None and (rest := key_cooldown_s(error)) is not None:
-            self.keys.cool_down(label, rest)
-        return error
-
-    async def stream(self, request: ChatRequest) -> AsyncIterator[ProviderEvent]:
-        assert self.client is not None
+    def build_body(self, request: ChatRequest) -> dict[str, Any]:
         if not request.messages:
             raise UpstreamInvalidRequestError(
                 f"{self.name}: a message is required", provider=self.name
             )
-        headers, label = self._build_headers(request.headers)
-        try:
-            async with self.client.stream(
-                "POST", self._chat_url, content=orjson.dumps(build_body(request)), headers=headers
-            ) as response:
-                if response.status_code != 200:
-                    raise self._failed(label, response, await response.aread())
-                async for event in self._parse_stream(response):
-                    yield event
-        except httpx.TransportError as exc:
-            raise classify_transport_error(exc, provider=self.name) from None
+        return build_body(request)
 
-    async def _parse_stream(self, response: httpx.Response) -> AsyncIterator[ProviderEvent]:
-        parser = SSEParser()
-        state = StreamState()
-        name = self.name
-        async for chunk in response.aiter_bytes():
-            texts = []
-            for event in parser.feed(chunk):
-                if text := parse_event(event, state, provider=name):
-                    texts.append(text)
-                if state.done:
-                    break
-            if texts:
-                yield TextDelta("".join(texts))
-            if state.done:
-                break
-        if not state.done:
-            raise UpstreamUnavailableError(
-                f"{name}: stream ended before message-end", provider=name
-            )
-        yield state.finish()
+    def new_decoder(self) -> CohereDecoder:
+        return CohereDecoder(self.name)
 
-    async def list_models(self) -> list[str]:
-        assert self.client is not None
-        headers, label = self._build_headers()
-        headers["accept"] = "application/json"
-        names: list[str] = []
-        params: dict[str, str | int] = {"endpoint": "chat", "page_size": self.page_size}
-        for _ in range(20):  # pages; a bound so a looping cursor cannot spin forever
-            try:
-                response = await self.client.get(self._models_url, headers=headers, params=params)
-            except httpx.TransportError as exc:
-                raise classify_transport_error(exc, provider=self.name) from None
-            if response.status_code != 200:
-                raise self._failed(label, response, response.content)
-            try:
-                page = orjson.loads(response.content)
-            except orjson.JSONDecodeError:
-                raise UpstreamProtocolError(
-                    f"{self.name}: malformed models list", provider=self.name
-                ) from None
-            names.extend(m["name"] for m in page.get("models", ()))
-            if not (token := page.get("next_page_token")):
-                break
-            params["page_token"] = token
-        return names
+    def classify_error(self, status: int, headers: httpx.Headers, body: bytes) -> UpstreamError:
+        return classify_error(status, headers, body, provider=self.name)
+
+    def models_url(self) -> str | None:
+        # One page at the API's largest page_size: far more models than Cohere offers.
+        return self._base + "/v1/models?endpoint=chat&page_size=1000"
+
+    def parse_models(self, body: dict[str, Any]) -> list[str]:
+        return [m["name"] for m in body.get("models", ())]

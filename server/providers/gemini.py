@@ -11,22 +11,14 @@ and says when to retry in a RetryInfo detail rather than a header; both are read
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import orjson
 
-from llmproxy.server.domain import (
-    ChatRequest,
-    Finish,
-    FinishReason,
-    ProviderEvent,
-    Role,
-    TextDelta,
-    Usage,
-)
+from llmproxy.server.domain import ChatRequest, Finish, FinishReason, Role, Usage
 from llmproxy.server.errors import (
     UpstreamAuthError,
     UpstreamError,
@@ -35,12 +27,9 @@ from llmproxy.server.errors import (
     UpstreamProtocolError,
     UpstreamUnavailableError,
 )
-from llmproxy.server.providers.base import Provider, ProviderSettings
-from llmproxy.server.providers.errors import (
-    classify_status,
-    classify_transport_error,
-    key_cooldown_s,
-)
+from llmproxy.server.providers.base import ProviderSettings
+from llmproxy.server.providers.errors import classify_status
+from llmproxy.server.providers.http_chat import HttpChatProvider, option
 from llmproxy.server.providers.keys import KeyPool
 from llmproxy.server.providers.sse import SSEEvent, SSEParser
 
@@ -227,104 +216,77 @@ def parse_event(event: SSEEvent, state: StreamState, *, provider: str) -> str:
     return "".join(p.get("text") or "" for p in parts if not p.get("thought"))
 
 
-class GeminiProvider(Provider):
-    """Streams `POST {base}/{version}/models/{model}:streamGenerateContent?alt=sse`."""
+class GeminiDecoder:
+    """Pure: streamGenerateContent SSE bytes in as they arrive, answer text and Finish out.
 
-    page_size = 1000  # the API's maximum `pageSize` for the models list
+    The stream has no terminator of its own: the chunk carrying a finishReason
+    (or a prompt block) is the last one, so a stream ending before it was cut off.
+    """
+
+    __slots__ = ("_parser", "_provider", "_state")
+
+    def __init__(self, provider: str) -> None:
+        self._parser = SSEParser()
+        self._state = StreamState()
+        self._provider = provider
+
+    @property
+    def done(self) -> bool:
+        return self._state.done
+
+    def feed(self, data: bytes) -> str:
+        texts = []
+        for event in self._parser.feed(data):
+            if text := parse_event(event, self._state, provider=self._provider):
+                texts.append(text)
+        return "".join(texts)
+
+    def finish(self) -> Finish:
+        if not self._state.done:
+            raise UpstreamUnavailableError(
+                f"{self._provider}: stream ended before a finishReason", provider=self._provider
+            )
+        return self._state.finish()
+
+
+class GeminiProvider(HttpChatProvider):
+    """Streams `POST {base}/{version}/models/{model}:streamGenerateContent?alt=sse`."""
 
     def __init__(
         self, settings: ProviderSettings, client: httpx.AsyncClient | None, keys: KeyPool
     ) -> None:
         super().__init__(settings, client, keys)
         base = (settings.base_url or DEFAULT_BASE_URL).rstrip("/")
-        self._root = f"{base}/{settings.options.get('api_version', API_VERSION)}"
-        self._headers = {
-            "content-type": "application/json",
-            "accept": "text/event-stream",
-            **settings.headers,
-        }
+        self._root = f"{base}/{option(settings, 'api_version', str, API_VERSION)}"
 
     def url(self, request: ChatRequest) -> str:
         return f"{self._root}/{model_path(request.model)}:streamGenerateContent?alt=sse"
 
-    def _build_headers(self, extra: tuple[tuple[str, str], ...] = ()) -> tuple[dict, str | None]:
-        headers = dict(self._headers)
-        headers.update(extra)
-        label = None
-        if (key := self.keys.acquire()) is not None:
-            secret, label = key
-            headers["x-goog-api-key"] = secret
-        return headers, label
+    def auth_headers(self, secret: str) -> dict[str, str]:
+        return {"x-goog-api-key": secret}
 
-    def _failed(self, label: str | None, response: httpx.Response, body: bytes) -> UpstreamError:
-        error = classify_error(response.status_code, response.headers, body, provider=self.name)
-        if label is not None and (rest := key_cooldown_s(error)) is not None:
-            self.keys.cool_down(label, rest)
-        return error
-
-    async def stream(self, request: ChatRequest) -> AsyncIterator[ProviderEvent]:
-        assert self.client is not None
+    def build_body(self, request: ChatRequest) -> dict[str, Any]:
         body = build_body(request)
         if not body["contents"]:
             raise UpstreamInvalidRequestError(
                 f"{self.name}: a user or assistant message is required", provider=self.name
             )
-        headers, label = self._build_headers(request.headers)
-        try:
-            async with self.client.stream(
-                "POST", self.url(request), content=orjson.dumps(body), headers=headers
-            ) as response:
-                if response.status_code != 200:
-                    raise self._failed(label, response, await response.aread())
-                async for event in self._parse_stream(response):
-                    yield event
-        except httpx.TransportError as exc:
-            raise classify_transport_error(exc, provider=self.name) from None
+        return body
 
-    async def _parse_stream(self, response: httpx.Response) -> AsyncIterator[ProviderEvent]:
-        parser = SSEParser()
-        state = StreamState()
-        name = self.name
-        async for chunk in response.aiter_bytes():
-            texts = []
-            for event in parser.feed(chunk):
-                if text := parse_event(event, state, provider=name):
-                    texts.append(text)
-            if texts:
-                yield TextDelta("".join(texts))
-            if state.done:
-                break
-        if not state.done:
-            raise UpstreamUnavailableError(
-                f"{name}: stream ended before a finishReason", provider=name
-            )
-        yield state.finish()
+    def new_decoder(self) -> GeminiDecoder:
+        return GeminiDecoder(self.name)
 
-    async def list_models(self) -> list[str]:
-        assert self.client is not None
-        headers, label = self._build_headers()
-        names: list[str] = []
-        params: dict[str, str | int] = {"pageSize": self.page_size}
-        for _ in range(20):  # pages; a bound so a looping cursor cannot spin forever
-            try:
-                response = await self.client.get(
-                    f"{self._root}/models", headers=headers, params=params
-                )
-            except httpx.TransportError as exc:
-                raise classify_transport_error(exc, provider=self.name) from None
-            if response.status_code != 200:
-                raise self._failed(label, response, response.content)
-            try:
-                page = orjson.loads(response.content)
-            except orjson.JSONDecodeError:
-                raise UpstreamProtocolError(
-                    f"{self.name}: malformed models list", provider=self.name
-                ) from None
-            for model in page.get("models", ()):
-                methods = model.get("supportedGenerationMethods")
-                if methods is None or "generateContent" in methods:
-                    names.append(model["name"].removeprefix("models/"))
-            if not (token := page.get("nextPageToken")):
-                break
-            params["pageToken"] = token
-        return names
+    def classify_error(self, status: int, headers: httpx.Headers, body: bytes) -> UpstreamError:
+        return classify_error(status, headers, body, provider=self.name)
+
+    def models_url(self) -> str | None:
+        # One page at the API's largest pageSize: far more models than Gemini offers.
+        return f"{self._root}/models?pageSize=1000"
+
+    def parse_models(self, body: dict[str, Any]) -> list[str]:
+        """Model ids without `models/`, keeping those that can generate content."""
+        return [
+            m["name"].removeprefix("models/")
+            for m in body.get("models", ())
+            if "generateContent" in m.get("supportedGenerationMethods", ("generateContent",))
+        ]

@@ -275,23 +275,28 @@ async def test_hung_upstream_times_out_instead_of_hanging(upstream, http):
     await asyncio.wait_for(upstream.event("disconnected:hang").wait(), 2)
 
 
-async def test_refused_key_rests_and_the_next_key_serves(upstream, http):
+async def test_refused_key_rests_and_the_call_fails_over_to_the_next_key(upstream, http):
     provider = make(upstream, http, keys=("co-wrong", API_KEY))
-    with pytest.raises(UpstreamAuthError):
-        await collect(provider, chat())
     for _ in range(2):
         deltas, _ = await collect(provider, chat())
         assert "".join(d.text for d in deltas) == TEXT
     used = [r.headers["authorization"] for r in upstream.requests]
     assert used == ["Bearer co-wrong", f"Bearer {API_KEY}", f"Bearer {API_KEY}"]
+    assert provider.keys.cooling() == ["key-0"]
 
 
-async def test_list_models_follows_pages_and_asks_for_chat_models(upstream, http):
+async def test_rate_limited_key_rests(upstream, http):
     provider = make(upstream, http)
-    provider.page_size = 1
+    with pytest.raises(UpstreamRateLimitedError):
+        await collect(provider, chat("429"))
+    assert provider.keys.cooling() == ["key-0"]
+
+
+async def test_list_models_asks_for_chat_models(upstream, http):
+    provider = make(upstream, http)
     assert await provider.list_models() == [m for m in MODELS if not m.startswith("embed")]
-    assert [r.query.get("page_token") for r in upstream.requests] == [None, "1"]
-    assert all(r.query["endpoint"] == "chat" for r in upstream.requests)
+    sent = upstream.requests[-1]
+    assert (sent.path, sent.query) == ("/v1/models", {"endpoint": "chat", "page_size": "1000"})
     with pytest.raises(UpstreamAuthError):
         await make(upstream, http, keys=("co-wrong",)).list_models()
 

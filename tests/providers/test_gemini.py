@@ -309,25 +309,29 @@ async def test_hung_upstream_times_out_instead_of_hanging(upstream, http):
     await asyncio.wait_for(upstream.event("disconnected:hang").wait(), 2)
 
 
-async def test_bad_key_rests_and_the_next_key_serves(upstream, http):
+async def test_bad_key_rests_and_the_call_fails_over_to_the_next_key(upstream, http):
     provider = make(upstream, http, keys=("AIza-wrong", API_KEY))
-    with pytest.raises(UpstreamAuthError):
-        await collect(provider, chat())
     for _ in range(2):
         deltas, _ = await collect(provider, chat())
         assert "".join(d.text for d in deltas) == TEXT
+    # Gemini refuses a bad key with a 400, which still rests the key.
     used = [r.headers["x-goog-api-key"] for r in upstream.requests]
     assert used == ["AIza-wrong", API_KEY, API_KEY]
+    assert provider.keys.cooling() == ["key-0"]
 
 
-async def test_list_models_follows_pages_and_keeps_chat_models(upstream, http):
+async def test_rate_limited_key_rests_for_the_retry_info_delay(upstream, http):
     provider = make(upstream, http)
-    provider.page_size = 2
+    with pytest.raises(UpstreamRateLimitedError):
+        await collect(provider, chat("429"))
+    assert provider.keys.cooling() == ["key-0"]
+
+
+async def test_list_models_keeps_chat_models(upstream, http):
+    provider = make(upstream, http)
     assert await provider.list_models() == [m for m in MODELS if "embedding" not in m]
-    assert [r.query for r in upstream.requests] == [
-        {"pageSize": "2"},
-        {"pageSize": "2", "pageToken": "2"},
-    ]
+    sent = upstream.requests[-1]
+    assert (sent.path, sent.query) == ("/v1/models", {"pageSize": "1000"})
     with pytest.raises(UpstreamAuthError):
         await make(upstream, http, keys=("AIza-wrong",)).list_models()
 
