@@ -97,7 +97,8 @@ class RateLimitsConfig(Section):
     on_backend_failure: Literal["open", "closed"] = "open"
     default: RateLimit = RateLimit()
     models: dict[str, RateLimit] = Field(default_factory=dict)
-    key_prefix: str = "llmproxy:rl:"
+    # No braces: the key id is the Redis Cluster hash tag.
+    key_prefix: str = Field("llmproxy:rl:", pattern=r"^[^{}]*$")
     # A Redis call slower than this counts as a backend failure.
     redis_timeout_s: float = Field(0.25, gt=0)
     # After a failure, skip Redis (apply the failure policy) for this long.

@@ -30,6 +30,7 @@ from llmproxy.v1 import llmproxy_pb2 as pb
 
 LLMPROXY_SERVICE = pb.DESCRIPTOR.services_by_name["LLMProxy"].full_name
 OK = "OK"
+MAX_NAME = 200
 
 
 @dataclass(slots=True)
@@ -140,6 +141,7 @@ def _enter(service: str, rpc: str, request: Any) -> CallInfo:
         elif rpc == "ParallelQuery":
             requested = ",".join(request.models) or "auto"
         if requested:
+            requested = requested[:MAX_NAME]  # caller text: bounded before it is logged
             # One id for the servicer, the logs and the error details alike.
             request_id = request.request_id or new_request_id()
             request.request_id = request_id

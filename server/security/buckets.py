@@ -53,6 +53,9 @@ class BucketBackend(Protocol):
     def adjust_soon(self, buckets: Sequence[Bucket]) -> None:
         """Add each bucket's `cost` (negative refunds) without checking; may run later."""
 
+    async def settled(self) -> None:
+        """Wait until every `adjust_soon` so far has been applied."""
+
     async def close(self) -> None: ...
 
 
@@ -104,6 +107,9 @@ class MemoryBuckets:
         stale = [k for k, (lv, t, r, cap) in self._buckets.items() if lv + (now - t) * r >= cap]
         for key in stale:
             del self._buckets[key]
+
+    async def settled(self) -> None:
+        return None  # applied at once
 
     async def close(self) -> None:
         self._buckets.clear()

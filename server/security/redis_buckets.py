@@ -100,7 +100,11 @@ class RedisBuckets:
         except BackendUnavailableError as error:
             log.warning("rate-limit usage not settled", extra={"error": str(error)})
 
-    async def close(self) -> None:
+    async def settled(self) -> None:
+        """Wait for the settlements in flight (bounded by the Redis timeout)."""
         if self._pending:
-            await asyncio.wait(self._pending, timeout=self.timeout_s)
+            await asyncio.wait(set(self._pending), timeout=self.timeout_s)
+
+    async def close(self) -> None:
+        await self.settled()
         await self.client.aclose()
