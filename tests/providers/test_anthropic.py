@@ -228,6 +228,13 @@ async def test_documented_x_api_key_and_older_version_are_options(upstream, http
     assert sent["anthropic-version"] == "2023-06-01"
 
 
+def test_options_are_checked_when_the_adapter_is_built():
+    for options in ({"auth": "basic"}, {"default_max_tokens": "many"}, {"api_version": 2023}):
+        settings = ProviderSettings(name="claude", type="anthropic", options=options)
+        with pytest.raises(ValueError, match=r"providers\[claude\]\.options\."):
+            AnthropicProvider(settings, None, KeyPool([]))
+
+
 async def test_slow_stream_arrives_in_many_deltas(upstream, http):
     deltas, finish = await collect(make(upstream, http), chat("slow"))
     assert len(deltas) > 10
