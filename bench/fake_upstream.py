@@ -8,6 +8,8 @@ write. The cost per stream is a few microseconds, so what a benchmark sees is
 the client's or the gateway's cost, not this server's.
 
     python bench/fake_upstream.py --port 0 --chunks 20   # prints "READY <port>"
+
+`GET /stats` answers `{"streams": <answers streamed so far>}`.
 """
 
 from __future__ import annotations
@@ -84,14 +86,31 @@ def build_models() -> bytes:
 NOT_FOUND = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"
 
 
+class Counter:
+    """Answers streamed so far, so a benchmark can prove every stream really came here."""
+
+    __slots__ = ("streams",)
+
+    def __init__(self) -> None:
+        self.streams = 0
+
+    def response(self) -> bytes:
+        body = orjson.dumps({"streams": self.streams})
+        return (
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+            % (len(body), body)
+        )
+
+
 class UpstreamProtocol(asyncio.Protocol):
     """One keep-alive connection: parse request heads, skip bodies, write canned answers."""
 
-    __slots__ = ("buffer", "models", "stream", "transport")
+    __slots__ = ("buffer", "counter", "models", "stream", "transport")
 
-    def __init__(self, stream: list[bytes], models: bytes) -> None:
+    def __init__(self, stream: list[bytes], models: bytes, counter: Counter) -> None:
         self.stream = stream
         self.models = models
+        self.counter = counter
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
 
@@ -117,10 +136,13 @@ class UpstreamProtocol(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         if head.startswith(b"post ") and b"/chat/completions " in head:
+            self.counter.streams += 1
             for part in self.stream:
                 transport.write(part)
         elif head.startswith(b"get ") and b"/models " in head:
             transport.write(self.models)
+        elif head.startswith(b"get /stats "):
+            transport.write(self.counter.response())
         else:
             transport.write(NOT_FOUND)
         if b"connection: close" in head:
@@ -129,9 +151,9 @@ class UpstreamProtocol(asyncio.Protocol):
 
 async def serve(host: str, port: int, chunks: int) -> None:
     loop = asyncio.get_running_loop()
-    stream, models = build_stream(chunks), build_models()
+    stream, models, counter = build_stream(chunks), build_models(), Counter()
     server = await loop.create_server(
-        lambda: UpstreamProtocol(stream, models), host, port, backlog=1024
+        lambda: UpstreamProtocol(stream, models, counter), host, port, backlog=1024
     )
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

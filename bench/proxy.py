@@ -31,9 +31,17 @@ import orjson
 from fake_upstream import MODEL, expected_text
 from proxy_h2load import GRPC_HEADERS, QUERY_PATH, LoadResult, grpc_frame, percentile, run_h2load
 from proxy_probes import ProbeResult, probe_direct, probe_gateway
-from proxy_procs import BENCH_DIR, ResourceSampler, rss_kb, start_gateway, start_upstream
+from proxy_procs import (
+    BENCH_DIR,
+    ResourceSampler,
+    rss_kb,
+    start_gateway,
+    start_upstream,
+    upstream_streams,
+)
 from proxy_report import render_markdown
 
+import llmproxy.server
 from llmproxy.server.domain import ChatRequest, Message, Role
 from llmproxy.server.providers.openai_compat import build_body
 from llmproxy.v1 import llmproxy_pb2 as pb
@@ -93,18 +101,22 @@ class Bench:
             )
         return sample
 
-    def check_load(self, result: LoadResult, min_bytes: float) -> dict:
-        """h2load only sees HTTP 200; a failed gRPC stream is a 200 with no messages."""
+    def check_load(self, result: LoadResult, min_bytes: float, upstream_served: int) -> dict:
+        """h2load only sees HTTP 200; a failed gRPC stream is a 200 with no messages.
+
+        The upstream's own count proves each stream was relayed (no cache, no retry).
+        """
         complete = result.succeeded == result.requests and not (result.failed or result.errored)
         whole = result.bytes_per_stream >= min_bytes
-        if not (complete and whole):
+        relayed = upstream_served == result.succeeded
+        if not (complete and whole and relayed):
             raise BenchError(
                 f"load against {result.target} at c={result.concurrency}: "
                 f"{result.succeeded}/{result.requests} succeeded, "
                 f"{result.bytes_per_stream:.0f} bytes per stream "
-                f"(a whole answer: >= {min_bytes:.0f})"
+                f"(a whole answer: >= {min_bytes:.0f}), {upstream_served} reached the upstream"
             )
-        return {"all_succeeded": complete, "bytes_per_stream_ok": whole}
+        return {"all_succeeded": complete, "bytes_per_stream_ok": whole, "all_relayed": relayed}
 
     def run(self, upstream_port: int, gateway_pid: int, gateway_port: int) -> dict:
         target = f"127.0.0.1:{gateway_port}"
@@ -121,9 +133,11 @@ class Bench:
         for c in CONCURRENCY:
             n = self.plan["streams"][c]
             direct = self.load(up_url, c, n, h1=True, tag="direct")
+            served = upstream_streams(upstream_port)
             with ResourceSampler(gateway_pid) as sampler:
                 gateway = self.load(gw_url, c, n, h1=False, tag="gateway")
-            checks = self.check_load(gateway, min_bytes)
+            served = upstream_streams(upstream_port) - served
+            checks = self.check_load(gateway, min_bytes, served)
             self.check_sample(target, 5)
             if c == 64:
                 peak_rss = sampler.usage.peak_rss_kb
@@ -215,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.out / f"proxy-{stamp}"
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    load_before = os.getloadavg()
     upstream = start_upstream(args.chunks, workdir)
     try:
         gateway = start_gateway(upstream.port, workdir)
@@ -238,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "cpus": len(os.sched_getaffinity(0)),
             "seconds": round(time.monotonic() - started, 1),
+            # Other work on the machine skews every figure; this says how busy it was.
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+            "server_code": str(Path(llmproxy.server.__file__).parent),
         },
         **measured,
     }

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,8 +44,15 @@ class Proc:
 
 
 def spawn(name: str, argv: list[str], log_path: Path) -> Proc:
+    """Runs in the log's directory, so files a process writes (the usage ledger) land there."""
     log = log_path.open("wb")
-    popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    popen = subprocess.Popen(
+        argv,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        cwd=log_path.parent,
+    )
     log.close()
     return Proc(name, popen, log_path)
 
@@ -70,6 +78,12 @@ def start_upstream(chunks: int, log_dir: Path) -> Proc:
     line = wait_for_line(proc, lambda s: s.startswith("READY "), timeout=15)
     proc.port = int(line.split()[1])
     return proc
+
+
+def upstream_streams(port: int) -> int:
+    """How many answers the fake upstream has streamed since it started."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=5) as response:
+        return int(orjson.loads(response.read())["streams"])
 
 
 def gateway_config(upstream_port: int) -> str:
@@ -107,7 +121,7 @@ def start_gateway(upstream_port: int, log_dir: Path) -> Proc:
     def listening(line: str) -> bool:
         return '"listening"' in line and '"grpc_port"' in line
 
-    proc.port = int(orjson.loads(wait_for_line(proc, listening, timeout=30))["grpc_port"])
+    proc.port = int(orjson.loads(wait_for_line(proc, listening, timeout=90))["grpc_port"])
     return proc
 
 

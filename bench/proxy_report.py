@@ -28,6 +28,11 @@ def _get(report: dict | None, path: str) -> float | None:
     return node  # type: ignore[return-value]
 
 
+def _load(meta: dict, when: str) -> str:
+    values = meta.get(f"loadavg_{when}") or []
+    return "/".join(f"{v:.1f}" for v in values) or "?"
+
+
 def render_markdown(report: dict, baseline: dict | None = None) -> str:
     rows: list[Row] = []
 
@@ -99,6 +104,8 @@ def render_markdown(report: dict, baseline: dict | None = None) -> str:
     lines.append(
         f"{meta['mode']} run, commit {meta['commit']}, {meta['cpus']} CPUs, "
         f"Python {meta['python']}, {meta['chunks']} chunks per answer, "
-        f"{meta['streams_per_connection']} gRPC streams per h2load connection, {meta['seconds']} s."
+        f"{meta['streams_per_connection']} gRPC streams per h2load connection, "
+        f"{meta['seconds']} s; "
+        f"load average {_load(meta, 'before')} before, {_load(meta, 'after')} after."
     )
     return "\n".join(lines)
