@@ -86,7 +86,10 @@ class StatusService:
                 False, (time.perf_counter() - start) * 1000, "health check timed out"
             )
         except LLMProxyError as error:
-            result = HealthResult(False, (time.perf_counter() - start) * 1000, error.reason)
+            # Messages are built without secrets (see errors.py), so they are safe to show.
+            result = HealthResult(
+                False, (time.perf_counter() - start) * 1000, f"{error.reason}: {error.message}"
+            )
         except Exception:
             log.exception("health check of provider %s failed", name)
             result = HealthResult(False, (time.perf_counter() - start) * 1000, "INTERNAL")

@@ -80,9 +80,9 @@ async def test_status_shows_every_model_with_live_health():
         assert m.available, (name, m.last_error)
         assert m.provider == name and m.latency_ms > 0 and m.checked_at.seconds > 0
     assert not by_name["badkey-model"].available
-    assert by_name["badkey-model"].last_error == "UPSTREAM_AUTH_FAILED"
+    assert by_name["badkey-model"].last_error.startswith("UPSTREAM_AUTH_FAILED: badkey: ")
     assert not by_name["down-model"].available
-    assert by_name["down-model"].last_error == "UPSTREAM_UNAVAILABLE"
+    assert by_name["down-model"].last_error.startswith("UPSTREAM_UNAVAILABLE: down: ")
     for slow in ("slow1-model", "slow2-model"):
         assert not by_name[slow].available
         assert by_name[slow].last_error == "health check timed out"
