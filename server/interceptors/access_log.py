@@ -13,7 +13,8 @@ from typing import Any
 import grpc
 from opentelemetry import trace
 
-from llmproxy.server.interceptors.call import CallInfo, CallInterceptor
+from llmproxy.server.interceptors.base import CallInterceptor
+from llmproxy.server.interceptors.call import CallInfo
 
 log = logging.getLogger("llmproxy.access")
 

@@ -17,14 +17,8 @@ import grpc
 from llmproxy.server.api.error_status import to_rpc_status
 from llmproxy.server.errors import LLMProxyError, PermissionDeniedError
 from llmproxy.server.interceptors import handlers
-from llmproxy.server.interceptors.call import (
-    LLMPROXY_SERVICE,
-    CallInfo,
-    CallInterceptor,
-    current_request_id,
-    drop_hooks_after,
-    hooks_mark,
-)
+from llmproxy.server.interceptors.base import CallInterceptor, drop_hooks_after, hooks_mark
+from llmproxy.server.interceptors.call import LLMPROXY_SERVICE, CallInfo, current_request_id
 from llmproxy.server.interceptors.identity import (
     ANONYMOUS_PRINCIPAL,
     Principal,

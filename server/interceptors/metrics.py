@@ -12,7 +12,8 @@ from typing import Any
 
 import grpc
 
-from llmproxy.server.interceptors.call import OK, CallInfo, CallInterceptor
+from llmproxy.server.interceptors.base import CallInterceptor
+from llmproxy.server.interceptors.call import OK, CallInfo
 from llmproxy.server.observability.metrics import Metrics
 from llmproxy.v1 import llmproxy_pb2 as pb
 

@@ -27,7 +27,8 @@ from llmproxy.server.errors import (
     RateLimiterUnavailableError,
     ResourceExhaustedError,
 )
-from llmproxy.server.interceptors.call import LLMPROXY_SERVICE, CallInfo, CallInterceptor
+from llmproxy.server.interceptors.base import CallInterceptor
+from llmproxy.server.interceptors.call import LLMPROXY_SERVICE, CallInfo
 from llmproxy.server.interceptors.identity import Principal, current_principal
 from llmproxy.server.observability.metrics import Metrics
 from llmproxy.server.security.buckets import BackendUnavailableError, Bucket, BucketBackend
