@@ -115,36 +115,48 @@ class RateLimitInterceptor(CallInterceptor):
         self, principal: Principal, rpc: str, request: Any
     ) -> tuple[list[Bucket], Reservation | None]:
         default, own = self.config.default, principal.rate_limit
-        key_limit = RateLimit(
-            requests_per_minute=_first(own, "requests_per_minute", default),
-            tokens_per_minute=_first(own, "tokens_per_minute", default),
-        )
         # The key id is the Redis Cluster hash tag: all of a caller's buckets share a slot.
         key_id = principal.key_id.replace("{", "(").replace("}", ")")
         tag = f"{self.config.key_prefix}{{{key_id}}}"
         subject = f"key:{principal.key_id}"
         counts_tokens = rpc in _TOKEN_RPCS and request is not None
         models = _models(rpc, request) if counts_tokens else []
-        scopes = [(key_limit, f"{tag}:", subject, "key", "", len(models) or 1)]
+        # (requests/min, tokens/min, key prefix, subject, scope, model, prompt copies)
+        scopes = [
+            (
+                _first(own, "requests_per_minute", default),
+                _first(own, "tokens_per_minute", default),
+                f"{tag}:",
+                subject,
+                "key",
+                "",
+                len(models) or 1,
+            )
+        ]
         for name in models:
             limit = self.config.models.get(name)
             if limit is not None:
                 scopes.append(
-                    (limit, f"{tag}:m:{name}:", f"{subject}/model:{name}", "model", name, 1)
+                    (
+                        limit.requests_per_minute,
+                        limit.tokens_per_minute,
+                        f"{tag}:m:{name}:",
+                        f"{subject}/model:{name}",
+                        "model",
+                        name,
+                        1,
+                    )
                 )
         buckets: list[Bucket] = []
         charged: list[tuple[Bucket, str, int]] = []
-        prompt: int | None = None
-        for limit, prefix, subj, scope, model, copies in scopes:
-            if limit.requests_per_minute:
-                buckets.append(
-                    Bucket(prefix + "r", limit.requests_per_minute, 1, "requests", scope, subj)
-                )
-            if limit.tokens_per_minute and counts_tokens:
-                if prompt is None:
-                    prompt = self._prompt_tokens(request, models[0], limit.tokens_per_minute)
+        token_caps = [s[1] for s in scopes if s[1]] if counts_tokens else []
+        prompt = self._prompt_tokens(request, models[0], max(token_caps)) if token_caps else 0
+        for rpm, tpm, prefix, subj, scope, model, copies in scopes:
+            if rpm:
+                buckets.append(Bucket(prefix + "r", rpm, 1, "requests", scope, subj))
+            if tpm and counts_tokens:
                 cost = prompt * copies
-                bucket = Bucket(prefix + "t", limit.tokens_per_minute, cost, "tokens", scope, subj)
+                bucket = Bucket(prefix + "t", tpm, cost, "tokens", scope, subj)
                 buckets.append(bucket)
                 charged.append((bucket, model, cost))
         return buckets, Reservation(charged) if charged else None
