@@ -85,17 +85,16 @@ class AuthInterceptor(CallInterceptor):
         service, rpc = handlers.split_method(handler_call_details.method)
         if service in self.public:
             return await continuation(handler_call_details)
+        if not self.enabled:
+            # Installed only to name callers by their client certificate: in `begin`.
+            return await self.join(continuation, handler_call_details)
         credential = credential_from(handler_call_details.invocation_metadata)
         if credential is None:
             if self.client_cert_identity:
                 # Decided in `begin`, where the TLS context is visible.
                 return await self.join(continuation, handler_call_details)
-            if not self.enabled:
-                return await continuation(handler_call_details)
             error = unauthenticated(MISSING, "missing_credentials")
             return await self._refuse(continuation, handler_call_details, error)
-        if not self.enabled:
-            return await continuation(handler_call_details)
         try:
             principal = self._verify(credential)
             # Known from here on, so a refusal for scope is logged with the key id.
@@ -107,7 +106,7 @@ class AuthInterceptor(CallInterceptor):
             return await continuation(handler_call_details)
         return await self.join(continuation, handler_call_details)  # model scopes: in `begin`
 
-    async def begin(self, call: CallInfo, request: Any, context: grpc.aio.ServicerContext) -> None:
+    def begin(self, call: CallInfo, request: Any, context: grpc.aio.ServicerContext) -> None:
         try:
             self._check_call(call, request, context)
         except LLMProxyError as error:

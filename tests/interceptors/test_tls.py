@@ -183,3 +183,10 @@ async def test_a_half_rotated_pair_keeps_the_old_certificate(tmp_path, pki, logs
         async with tls_client(app, pki["ca"].pem) as c:
             assert (await c.status()).models
     assert any("keeping the current certificate" in r.getMessage() for r in logs.records)
+
+
+async def test_certificate_names_the_caller_with_auth_off(tmp_path, pki, logs):
+    settings = mock_settings(tls=write_tls(tmp_path, pki, mutual=True, client_cert_identity=True))
+    async with running_app(settings) as app, tls_client(app, pki["ca"].pem, pki["team-a"]) as c:
+        assert (await c.query("hi", model="smart")).done.model == "smart"
+    assert [e["key_id"] for e in logs.access()] == ["team-a"]
