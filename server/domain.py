@@ -72,6 +72,8 @@ class ChatRequest:
     request_id: str = ""
     # Extra headers to forward upstream (e.g. W3C traceparent).
     headers: tuple[tuple[str, str], ...] = ()
+    # The model's configured output cap, for APIs that require max_tokens (Anthropic).
+    max_output_tokens: int | None = None
 
 
 @dataclass(slots=True, frozen=True)

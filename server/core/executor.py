@@ -223,6 +223,7 @@ class Executor:
             params=query.params,
             request_id=query.request_id,
             headers=spans.trace_headers(span, ctx.traceparent),
+            max_output_tokens=deployment.config.max_output_tokens,
         )
         stats = deployment.stats
         t0 = time.perf_counter()
