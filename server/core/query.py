@@ -14,6 +14,7 @@ from llmproxy.server.core.deployments import Deployment
 from llmproxy.server.core.executor import Executor
 from llmproxy.server.core.router import Router
 from llmproxy.server.domain import CallContext, QueryEvent, QueryInput
+from llmproxy.server.errors import LLMProxyError
 
 EventStream = AsyncIterator[QueryEvent]
 
@@ -31,6 +32,9 @@ class AccountingStage(Protocol):
     ) -> EventStream:
         """Check limits before `events` starts; price and record it however it ends."""
 
+    def reject(self, query: QueryInput, ctx: CallContext, error: LLMProxyError) -> None:
+        """Record a request that routing refused before any stage ran."""
+
 
 class QueryService:
     def __init__(
@@ -47,7 +51,12 @@ class QueryService:
         self.accounting = accounting
 
     def stream(self, query: QueryInput, ctx: CallContext) -> EventStream:
-        candidates = self.router.plan(query, ctx)
+        try:
+            candidates = self.router.plan(query, ctx)
+        except LLMProxyError as error:
+            if self.accounting is not None:
+                self.accounting.reject(query, ctx, error)
+            raise
         produce = partial(self.executor.stream, candidates, query, ctx)
         events = self.cache.stream(query, candidates, produce) if self.cache else produce()
         if self.accounting is not None:

@@ -70,6 +70,22 @@ async def test_failure_row(ledger):
     assert (row["cost_usd"], row["input_tokens"], row["output_tokens"]) == (0, 0, 0)
 
 
+async def test_unknown_model_row(ledger):
+    config, read = ledger
+    async with running_client(settings_for(gateway_config(config))) as (app, client):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await client.query("hi", model="no-such-model", request_id="nf-1")
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        [row] = await rows_after_flush(app, read, 1)
+    assert (row["request_id"], row["model"], row["provider"], row["status"]) == (
+        "nf-1",
+        "no-such-model",
+        "",
+        "MODEL_NOT_FOUND",
+    )
+    assert row["cost_usd"] == 0
+
+
 async def test_cancelled_row(ledger):
     config, read = ledger
     async with running_client(settings_for(gateway_config(config))) as (app, client):

@@ -134,6 +134,11 @@ class UsageAccounting:
             )
         )
 
+    def reject(self, query: QueryInput, ctx: CallContext, error: LLMProxyError) -> None:
+        """Record a request refused before any stage ran (unknown model, every circuit open)."""
+        started = ctx.started_at or time.perf_counter()
+        self._fail(query, ctx, [], started, error, None, [], PromptTokens(query))
+
     def _fail(
         self,
         query: QueryInput,
