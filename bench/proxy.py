@@ -144,6 +144,7 @@ class Bench:
             loads[str(c)] = {
                 "direct": direct.summary(),
                 "gateway": gateway.summary(),
+                "gateway_messages_per_stream": messages_per_stream(gateway, min_bytes),
                 "gateway_cpu_ms_per_stream": round(sampler.usage.cpu_s * 1000 / n, 3),
                 "gateway_peak_rss_kb": sampler.usage.peak_rss_kb,
                 "checks": checks,
@@ -167,6 +168,9 @@ class Bench:
                 "direct": ms_stats(direct_probe.total_us),
                 "gateway": ms_stats(gateway_probe.total_us),
             },
+            "probe_messages_per_stream": round(
+                sum(gateway_probe.messages) / max(len(gateway_probe.messages), 1), 2
+            ),
             "server_proxy_overhead_ms": {
                 "p50": percentile(gateway_probe.proxy_overhead_us, 0.5) / 1000,
                 "p99": percentile(gateway_probe.proxy_overhead_us, 0.99) / 1000,
@@ -190,6 +194,17 @@ def min_stream_bytes(sample: ProbeResult, text: str) -> float:
     one_delta = pb.QueryResponse(request_id=rid, delta=pb.TextDelta(text=text)).ByteSize() + 5
     start, done = sample.message_sizes[0], sample.message_sizes[-1]
     return start + done + 10 + one_delta - 2
+
+
+def messages_per_stream(result: LoadResult, min_bytes: float) -> float:
+    """gRPC messages per stream under load, from bytes: start, done, and the deltas.
+
+    Every delta past the first costs its framing but no new text, so the bytes
+    above a fully coalesced stream count the extra deltas.
+    """
+    rid = "0" * 32
+    extra = pb.QueryResponse(request_id=rid, delta=pb.TextDelta(text="x")).ByteSize() + 5 - 1
+    return round(3 + max(result.bytes_per_stream - min_bytes, 0) / extra, 2)
 
 
 def ms_stats(values_us: list[float]) -> dict:

@@ -29,6 +29,8 @@ class ProbeResult:
     proxy_overhead_us: list[int] = field(default_factory=list)
     # Serialised size of every message of the last stream, for the h2load byte check.
     message_sizes: list[int] = field(default_factory=list)
+    # gRPC messages per stream: start, the deltas, done.
+    messages: list[int] = field(default_factory=list)
 
     @property
     def ok(self) -> int:
@@ -71,6 +73,7 @@ def probe_gateway(
             result.ttft_us.append(((first or end) - t0) * 1e6)
             result.total_us.append((end - t0) * 1e6)
             result.message_sizes = sizes
+            result.messages.append(len(sizes))
     return result
 
 

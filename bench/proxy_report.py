@@ -15,6 +15,10 @@ def _rate(value: float) -> str:
     return f"{value:,.0f} /s"
 
 
+def _count(value: float) -> str:
+    return f"{value:.2f}"
+
+
 def _mib(kb: float) -> str:
     return f"{kb / 1024:.1f} MiB"
 
@@ -84,6 +88,13 @@ def render_markdown(report: dict, baseline: dict | None = None) -> str:
                 _ms,
                 added,
             )
+    for c in ("1", "64"):
+        row(
+            f"gRPC messages per stream, {c} concurrent",
+            None,
+            f"loads.{c}.gateway_messages_per_stream",
+            _count,
+        )
     row("Gateway CPU per stream, 64 concurrent", None, "loads.64.gateway_cpu_ms_per_stream", _ms)
     row("Server-reported proxy overhead, p50", None, "server_proxy_overhead_ms.p50", _ms)
     row("Gateway RSS, idle", None, "memory_kb.idle", _mib)
