@@ -129,6 +129,7 @@ class App:
             await site.start()
             self._http_runner = runner
             self.http_port = runner.addresses[0][1]
+        self.status.start_monitor(cfg.health_check_interval_s)
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._serving = True
@@ -159,6 +160,7 @@ class App:
         """Drain: health goes NOT_SERVING, new RPCs are refused, in-flight ones get `grace`."""
         grace = self.settings.server.grace_period_s if grace is None else grace
         self._serving = False
+        await self.status.stop_monitor()
         if self.health is not None:
             await self.health.enter_graceful_shutdown()
         if self.settings.server.drain_delay_s:
@@ -210,6 +212,7 @@ def build_app(
             catalog,
             ttl_s=settings.server.health_check_ttl_s,
             timeout_s=settings.server.health_check_timeout_s,
+            on_result=metrics.availability,
         ),
         registry=registry,
         http_clients=clients,

@@ -23,6 +23,8 @@ class ServerConfig(Section):
     # Status health checks are cached this long and never run on a Query's path.
     health_check_ttl_s: float = Field(10.0, ge=0)
     health_check_timeout_s: float = Field(5.0, gt=0)
+    # Background re-checks that keep llmproxy_model_availability current; 0 turns them off.
+    health_check_interval_s: float = Field(30.0, ge=0)
 
 
 class HttpClientConfig(Section):

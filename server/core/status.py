@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -40,15 +41,45 @@ class ModelStatusView:
     circuit_state: str = "closed"
 
 
+# Told of every finished check: (model, provider, available), once per model of the provider.
+HealthListener = Callable[[str, str, bool], None]
+
+
 class StatusService:
     """One health check per provider at a time, shared by all callers waiting on it."""
 
-    def __init__(self, catalog: Catalog, *, ttl_s: float, timeout_s: float) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        *,
+        ttl_s: float,
+        timeout_s: float,
+        on_result: HealthListener | None = None,
+    ) -> None:
         self.catalog = catalog
         self.ttl_s = ttl_s
         self.timeout_s = timeout_s
+        self.on_result = on_result
         self._results: dict[str, tuple[float, HealthResult]] = {}
         self._running: dict[str, asyncio.Task[HealthResult]] = {}
+        self._monitor: asyncio.Task[None] | None = None
+
+    def start_monitor(self, interval_s: float) -> None:
+        """Re-check every provider in the background, so availability stays current
+        (metrics, Status) even when nobody calls Status."""
+        if interval_s > 0 and self._monitor is None:
+            self._monitor = asyncio.create_task(self._watch(interval_s))
+
+    async def stop_monitor(self) -> None:
+        if self._monitor is not None:
+            self._monitor.cancel()
+            await asyncio.gather(self._monitor, return_exceptions=True)
+            self._monitor = None
+
+    async def _watch(self, interval_s: float) -> None:
+        while True:
+            await self.snapshot(refresh=True)
+            await asyncio.sleep(interval_s)
 
     async def snapshot(self, *, refresh: bool = False) -> list[ModelStatusView]:
         deployments = list(self.catalog.deployments.values())
@@ -94,6 +125,10 @@ class StatusService:
             log.exception("health check of provider %s failed", name)
             result = HealthResult(False, (time.perf_counter() - start) * 1000, "INTERNAL")
         self._results[name] = (time.monotonic(), result)
+        if self.on_result is not None:
+            for d in self.catalog.deployments.values():
+                if d.provider.name == name:
+                    self.on_result(d.name, name, result.available)
         return result
 
     @staticmethod
