@@ -22,14 +22,13 @@ from llmproxy.server.domain import ChatRequest, Finish, FinishReason, Role, Usag
 from llmproxy.server.errors import (
     UpstreamError,
     UpstreamInvalidRequestError,
-    UpstreamProtocolError,
-    UpstreamUnavailableError,
 )
 from llmproxy.server.providers.base import ProviderSettings
+from llmproxy.server.providers.decoding import SSEDecoder, load_event
 from llmproxy.server.providers.errors import classify_status
 from llmproxy.server.providers.http_chat import HttpChatProvider, option
 from llmproxy.server.providers.keys import KeyPool
-from llmproxy.server.providers.sse import SSEEvent, SSEParser
+from llmproxy.server.providers.sse import SSEEvent
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 API_VERSION = "2026-10-21"
@@ -159,14 +158,7 @@ def parse_event(event: SSEEvent, state: StreamState, *, provider: str) -> str:
     """Apply one SSE event to `state`; return the text it carries ("" for none)."""
     if event.event == "ping":
         return ""
-    try:
-        obj = orjson.loads(event.data)
-    except orjson.JSONDecodeError:
-        raise UpstreamProtocolError(
-            f"{provider}: malformed stream event", provider=provider
-        ) from None
-    if not isinstance(obj, dict):
-        raise UpstreamProtocolError(f"{provider}: malformed stream event", provider=provider)
+    obj = load_event(event.data, provider=provider, what="stream event")
     kind = obj.get("type") or event.event
     if kind == "content_block_delta":
         delta = obj.get("delta") or {}
@@ -189,37 +181,6 @@ def stream_error(error: Any, *, provider: str) -> UpstreamError:
     kind = str(error.get("type") or "") if isinstance(error, dict) else ""
     message = str(error.get("message") or "") if isinstance(error, dict) else str(error)
     return classify_status(ERROR_STATUS.get(kind, 500), message[:500], provider=provider)
-
-
-class AnthropicDecoder:
-    """Pure: Messages SSE bytes in as they arrive, answer text and the closing Finish out."""
-
-    __slots__ = ("_parser", "_provider", "_state")
-
-    def __init__(self, provider: str) -> None:
-        self._parser = SSEParser()
-        self._state = StreamState()
-        self._provider = provider
-
-    @property
-    def done(self) -> bool:
-        return self._state.done
-
-    def feed(self, data: bytes) -> str:
-        texts = []
-        for event in self._parser.feed(data):
-            if text := parse_event(event, self._state, provider=self._provider):
-                texts.append(text)
-            if self._state.done:
-                break
-        return "".join(texts)
-
-    def finish(self) -> Finish:
-        if not self._state.done:
-            raise UpstreamUnavailableError(
-                f"{self._provider}: stream ended before message_stop", provider=self._provider
-            )
-        return self._state.finish()
 
 
 class AnthropicProvider(HttpChatProvider):
@@ -254,8 +215,8 @@ class AnthropicProvider(HttpChatProvider):
             )
         return body
 
-    def new_decoder(self) -> AnthropicDecoder:
-        return AnthropicDecoder(self.name)
+    def new_decoder(self) -> SSEDecoder[StreamState]:
+        return SSEDecoder(self.name, StreamState(), parse_event, "message_stop")
 
     def classify_error(self, status: int, headers: httpx.Headers, body: bytes) -> UpstreamError:
         return classify_error(status, headers, body, provider=self.name)

@@ -21,15 +21,15 @@ from llmproxy.server.errors import (
     UpstreamAuthError,
     UpstreamError,
     UpstreamInvalidRequestError,
-    UpstreamProtocolError,
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
 from llmproxy.server.providers.base import ProviderSettings
+from llmproxy.server.providers.decoding import SSEDecoder, load_event
 from llmproxy.server.providers.errors import classify_status
 from llmproxy.server.providers.http_chat import HttpChatProvider
 from llmproxy.server.providers.keys import KeyPool
-from llmproxy.server.providers.sse import SSEEvent, SSEParser
+from llmproxy.server.providers.sse import SSEEvent
 
 DEFAULT_BASE_URL = "https://api.cohere.com"
 
@@ -117,14 +117,7 @@ def parse_event(event: SSEEvent, state: StreamState, *, provider: str) -> str:
     """Apply one v2 stream event to `state`; return its answer text."""
     if event.data == "[DONE]":
         return ""
-    try:
-        obj = orjson.loads(event.data)
-    except orjson.JSONDecodeError:
-        raise UpstreamProtocolError(
-            f"{provider}: malformed stream event", provider=provider
-        ) from None
-    if not isinstance(obj, dict):
-        raise UpstreamProtocolError(f"{provider}: malformed stream event", provider=provider)
+    obj = load_event(event.data, provider=provider, what="stream event")
     kind = obj.get("type")
     if kind == "content-delta":
         content = ((obj.get("delta") or {}).get("message") or {}).get("content") or {}
@@ -153,37 +146,6 @@ def parse_event(event: SSEEvent, state: StreamState, *, provider: str) -> str:
     return ""
 
 
-class CohereDecoder:
-    """Pure: v2 chat SSE bytes in as they arrive, answer text and the closing Finish out."""
-
-    __slots__ = ("_parser", "_provider", "_state")
-
-    def __init__(self, provider: str) -> None:
-        self._parser = SSEParser()
-        self._state = StreamState()
-        self._provider = provider
-
-    @property
-    def done(self) -> bool:
-        return self._state.done
-
-    def feed(self, data: bytes) -> str:
-        texts = []
-        for event in self._parser.feed(data):
-            if text := parse_event(event, self._state, provider=self._provider):
-                texts.append(text)
-            if self._state.done:
-                break
-        return "".join(texts)
-
-    def finish(self) -> Finish:
-        if not self._state.done:
-            raise UpstreamUnavailableError(
-                f"{self._provider}: stream ended before message-end", provider=self._provider
-            )
-        return self._state.finish()
-
-
 class CohereProvider(HttpChatProvider):
     """Streams `POST {base_url}/v2/chat`; lists `GET {base_url}/v1/models?endpoint=chat`."""
 
@@ -203,8 +165,8 @@ class CohereProvider(HttpChatProvider):
             )
         return build_body(request)
 
-    def new_decoder(self) -> CohereDecoder:
-        return CohereDecoder(self.name)
+    def new_decoder(self) -> SSEDecoder[StreamState]:
+        return SSEDecoder(self.name, StreamState(), parse_event, "message-end")
 
     def classify_error(self, status: int, headers: httpx.Headers, body: bytes) -> UpstreamError:
         return classify_error(status, headers, body, provider=self.name)

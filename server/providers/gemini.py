@@ -24,14 +24,13 @@ from llmproxy.server.errors import (
     UpstreamError,
     UpstreamInvalidRequestError,
     UpstreamOverloadedError,
-    UpstreamProtocolError,
-    UpstreamUnavailableError,
 )
 from llmproxy.server.providers.base import ProviderSettings
+from llmproxy.server.providers.decoding import SSEDecoder, load_event
 from llmproxy.server.providers.errors import classify_status
 from llmproxy.server.providers.http_chat import HttpChatProvider, option
 from llmproxy.server.providers.keys import KeyPool
-from llmproxy.server.providers.sse import SSEEvent, SSEParser
+from llmproxy.server.providers.sse import SSEEvent
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 API_VERSION = "v1"
@@ -183,14 +182,7 @@ class StreamState:
 
 def parse_event(event: SSEEvent, state: StreamState, *, provider: str) -> str:
     """Apply one GenerateContentResponse chunk to `state`; return its answer text."""
-    try:
-        obj = orjson.loads(event.data)
-    except orjson.JSONDecodeError:
-        raise UpstreamProtocolError(
-            f"{provider}: malformed stream chunk", provider=provider
-        ) from None
-    if not isinstance(obj, dict):
-        raise UpstreamProtocolError(f"{provider}: malformed stream chunk", provider=provider)
+    obj = load_event(event.data, provider=provider, what="stream chunk")
     if (error := obj.get("error")) is not None:
         error = error if isinstance(error, dict) else {"message": str(error)}
         code = error.get("code")
@@ -214,39 +206,6 @@ def parse_event(event: SSEEvent, state: StreamState, *, provider: str) -> str:
         return ""
     # Thought summaries (`"thought": true`) are not answer text.
     return "".join(p.get("text") or "" for p in parts if not p.get("thought"))
-
-
-class GeminiDecoder:
-    """Pure: streamGenerateContent SSE bytes in as they arrive, answer text and Finish out.
-
-    The stream has no terminator of its own: the chunk carrying a finishReason
-    (or a prompt block) is the last one, so a stream ending before it was cut off.
-    """
-
-    __slots__ = ("_parser", "_provider", "_state")
-
-    def __init__(self, provider: str) -> None:
-        self._parser = SSEParser()
-        self._state = StreamState()
-        self._provider = provider
-
-    @property
-    def done(self) -> bool:
-        return self._state.done
-
-    def feed(self, data: bytes) -> str:
-        texts = []
-        for event in self._parser.feed(data):
-            if text := parse_event(event, self._state, provider=self._provider):
-                texts.append(text)
-        return "".join(texts)
-
-    def finish(self) -> Finish:
-        if not self._state.done:
-            raise UpstreamUnavailableError(
-                f"{self._provider}: stream ended before a finishReason", provider=self._provider
-            )
-        return self._state.finish()
 
 
 class GeminiProvider(HttpChatProvider):
@@ -273,8 +232,12 @@ class GeminiProvider(HttpChatProvider):
             )
         return body
 
-    def new_decoder(self) -> GeminiDecoder:
-        return GeminiDecoder(self.name)
+    def new_decoder(self) -> SSEDecoder[StreamState]:
+        # No terminator of its own: the chunk with a finishReason (or a prompt block) is
+        # the last, so a stream ending before it was cut off.
+        return SSEDecoder(
+            self.name, StreamState(), parse_event, "a finishReason", stop_at_done=False
+        )
 
     def classify_error(self, status: int, headers: httpx.Headers, body: bytes) -> UpstreamError:
         return classify_error(status, headers, body, provider=self.name)
