@@ -25,7 +25,7 @@ from llmproxy.server.errors import (
     LLMProxyError,
     UnimplementedError,
 )
-from llmproxy.server.interceptors.identity import current_key_id
+from llmproxy.server.interceptors.identity import current_key_id, current_principal
 from llmproxy.v1 import llmproxy_pb2 as pb
 from llmproxy.v1 import llmproxy_pb2_grpc
 
@@ -200,6 +200,7 @@ class LLMProxyServicer(llmproxy_pb2_grpc.LLMProxyServicer):
         try:
             if self.usage is None:
                 raise UnimplementedError("usage accounting is not configured")
+            request = usage_api.restrict_to_caller(request, current_principal())
             rows = await self.usage.usage(usage_api.to_filter(request, time.time()))
             return usage_api.to_response(rows)
         except LLMProxyError as error:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Protocol
 
 from llmproxy.server.core.accounting.records import UsageAggregate, UsageFilter
-from llmproxy.server.errors import FieldViolation, InvalidRequestError
+from llmproxy.server.errors import FieldViolation, InvalidRequestError, PermissionDeniedError
+from llmproxy.server.interceptors.identity import Principal
 from llmproxy.v1 import llmproxy_pb2 as pb
 
 # An unset end_time means "up to now", with room for clocks a little ahead of ours.
@@ -14,6 +15,22 @@ _FUTURE_SLACK_S = 86_400
 
 class UsageSource(Protocol):
     async def usage(self, where: UsageFilter) -> list[UsageAggregate]: ...
+
+
+def restrict_to_caller(request: pb.GetUsageRequest, caller: Principal) -> pb.GetUsageRequest:
+    """A caller without `usage: all` sees only its own key's usage; asking for another
+    key's is refused rather than silently answered with the caller's own."""
+    if caller.sees_all_usage:
+        return request
+    if request.key_id and request.key_id != caller.key_id:
+        raise PermissionDeniedError(
+            "this key may only read its own usage (scope usage: all reads every key's)",
+            metadata={"cause": "usage_scope"},
+        )
+    restricted = pb.GetUsageRequest()
+    restricted.CopyFrom(request)
+    restricted.key_id = caller.key_id
+    return restricted
 
 
 def to_filter(request: pb.GetUsageRequest, now: float) -> UsageFilter:

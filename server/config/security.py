@@ -26,6 +26,8 @@ class KeyScopes(Section):
     # "*" for everything); `rpcs` lists LLMProxy method names (Query, Status, ...).
     models: list[str] = Field(default_factory=list)
     rpcs: list[str] = Field(default_factory=list)
+    # GetUsage: `own` shows only this key's usage, `all` every key's (for admins).
+    usage: Literal["own", "all"] = "own"
 
 
 class ApiKeyConfig(Section):

@@ -135,7 +135,7 @@ class AuthInterceptor(CallInterceptor):
         stored = self.keys.by_id(identity)
         if stored is not None:
             return self.keys.check_expiry(stored, time.time())
-        return Principal(identity, method="client_cert")
+        return Principal(identity, method="client_cert", sees_all_usage=False)
 
     async def _refuse(self, continuation, handler_call_details, error: LLMProxyError):
         """A handler of the real one's shape that only aborts; nothing after us runs."""

@@ -23,6 +23,8 @@ class Principal:
     rate_limit: RateLimit | None = None
     # How the caller proved who they are: api_key, jwt, client_cert or none.
     method: str = "none"
+    # GetUsage shows every key's usage; otherwise only the caller's own.
+    sees_all_usage: bool = True
 
     def may_call_rpc(self, rpc: str) -> bool:
         return self.rpcs is None or rpc in self.rpcs

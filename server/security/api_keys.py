@@ -32,6 +32,7 @@ def principal_for(config: ApiKeyConfig, method: str) -> Principal:
         rpcs=frozenset(config.scopes.rpcs) or None,
         rate_limit=config.rate_limit,
         method=method,
+        sees_all_usage=config.scopes.usage == "all",
     )
 
 

@@ -103,5 +103,7 @@ class JwtVerifier:
             raise unauthenticated(
                 f"token claim {self.config.key_id_claim!r} must be a string", "invalid_token"
             )
-        models, rpcs = scopes_from_claim(claims.get(self.config.scope_claim))
-        return Principal(key_id, models, rpcs, method="jwt")
+        scope = claims.get(self.config.scope_claim)
+        models, rpcs = scopes_from_claim(scope)
+        entries = scope.split() if isinstance(scope, str) else list(scope or ())
+        return Principal(key_id, models, rpcs, method="jwt", sees_all_usage="usage:all" in entries)

@@ -278,3 +278,14 @@ def test_grpcurl_is_installed():
     import pathlib
 
     assert pathlib.Path(GRPCURL).exists()
+
+
+def test_jwt_usage_scope_maps_to_the_principal():
+    from llmproxy.server.config.security import JwtConfig
+    from llmproxy.server.security.jwt_tokens import JwtVerifier
+
+    verifier = JwtVerifier(JwtConfig(issuer=ISSUER, audience="llmproxy", hs256_secret=SECRET))
+    now = time.time()
+    admin = verifier.verify(hs256(claims(scope="rpc:GetUsage usage:all")), now)
+    plain = verifier.verify(hs256(claims(sub="svc-other", scope="rpc:GetUsage")), now)
+    assert admin.sees_all_usage and not plain.sees_all_usage
