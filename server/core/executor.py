@@ -69,8 +69,6 @@ class Executor:
         self, observer: RoutingObserver = NULL_OBSERVER, *, rng: random.Random | None = None
     ) -> None:
         self.observer = observer
-        # Optional on observers (see routing.observer); looked up once, not per hedge.
-        self._on_hedge = getattr(observer, "hedge", None)
         self.rng = rng or random.Random()
 
     async def stream(
@@ -176,8 +174,7 @@ class Executor:
                 if self._fits(run, backup) and backup.breaker.available():
                     racing.append(backup)
                     run.hedged = True
-                    if self._on_hedge is not None:
-                        self._on_hedge(backup.provider_name, backup.name)
+                    self.observer.hedge(backup.provider_name, backup.name)
                     return self._attempt(backup, run)
             return None
 

@@ -125,6 +125,12 @@ class Metrics:
             ["from_model", "to_model"],
             registry=r,
         )
+        self.hedges = Counter(
+            "llmproxy_hedges_total",
+            "Hedge attempts started because a deployment's first token was late.",
+            ["provider", "model"],
+            registry=r,
+        )
         self.circuit_state = Gauge(
             "llmproxy_circuit_state",
             "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
@@ -188,6 +194,9 @@ class Metrics:
         self.circuit_state.labels(self.model(model), self.provider(provider)).set(
             CIRCUIT_STATES[state]
         )
+
+    def hedge(self, provider: str, model: str) -> None:
+        self.hedges.labels(self.provider(provider), self.model(model)).inc()
 
     def availability(self, model: str, provider: str, available: bool) -> None:
         self.model_availability.labels(self.model(model), self.provider(provider)).set(

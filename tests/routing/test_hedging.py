@@ -39,12 +39,15 @@ def attempts(done) -> list[tuple[str, str]]:
 
 async def test_a_late_first_token_is_hedged_and_the_slow_attempt_cancelled(upstream):
     upstream.script("a", ok(ttft_s=3.0))
-    async with hedged_gateway(upstream, after_ms=100) as (_, client):
+    async with hedged_gateway(upstream, after_ms=100) as (app, client):
         started = time.monotonic()
         result = await client.query("hi", model="g")
         elapsed = time.monotonic() - started
         # The slow attempt's connection is closed, so its upstream sees the disconnect.
         await upstream.wait_for(lambda: upstream.calls_to("a")[0].outcome == "disconnected")
+        hedges = app.registry.get_sample_value(
+            "llmproxy_hedges_total", {"provider": "scripted", "model": "b"})
+    assert hedges == 1
     assert result.done.model == "b" and result.events[0].start.model == "b"
     assert result.text == "".join(REPLY)
     assert elapsed < 1.0

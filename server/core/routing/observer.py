@@ -2,8 +2,7 @@
 
 The core only knows this protocol; the composition root passes the App's
 Metrics, which implements it, so core stays free of prometheus. The default
-does nothing. An observer may also offer `hedge(provider, model)`, called when
-a hedge attempt starts; it is looked up once, so not offering it costs nothing.
+does nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +23,9 @@ class RoutingObserver(Protocol):
     def circuit(self, model: str, provider: str, state: str) -> None:
         """The circuit breaker of `model` moved to `state` (closed, half_open, open)."""
 
+    def hedge(self, provider: str, model: str) -> None:
+        """A hedge attempt started on `model` because the first token was late."""
+
 
 class NullObserver:
     def upstream_error(self, provider: str, model: str, reason: str) -> None:
@@ -36,6 +38,9 @@ class NullObserver:
         pass
 
     def circuit(self, model: str, provider: str, state: str) -> None:
+        pass
+
+    def hedge(self, provider: str, model: str) -> None:
         pass
 
 
