@@ -58,7 +58,7 @@ def run(
     overrides: Mapping[str, Any] | None = None,
 ) -> None:
     """`config_path` is the file `settings` came from: SIGHUP and edits to it reload routing."""
-    configure_logging(settings.logging)
+    listener = configure_logging(settings.logging)
     if settings.logging.level != "DEBUG":
         # httpx logs every upstream request at INFO: a formatted JSON line per
         # stream cost about 4% of the gateway's CPU, and our own logs cover requests.
@@ -66,6 +66,10 @@ def run(
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
-        asyncio.run(serve(settings, config_path, overrides))
+        runner = asyncio.run
     else:
-        uvloop.run(serve(settings, config_path, overrides))
+        runner = uvloop.run
+    try:
+        runner(serve(settings, config_path, overrides))
+    finally:
+        listener.stop()  # writes out every queued line
