@@ -216,10 +216,15 @@ def ms_stats(values_us: list[float]) -> dict:
 
 
 def git_commit() -> str:
-    out = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=BENCH_DIR
-    )
-    return out.stdout.strip()
+    """The commit of the server code under test (not of this script), `+dirty` if edited."""
+    here = Path(llmproxy.server.__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, cwd=here)
+        return out.stdout.strip()
+
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".")
+    return git("rev-parse", "--short", "HEAD") + ("+dirty" if dirty else "")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
