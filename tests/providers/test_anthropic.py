@@ -3,25 +3,14 @@ the official SDK against the same fake, and a gRPC Query end to end."""
 
 from __future__ import annotations
 
-import asyncio
 import pathlib
-import time
 
 import anthropic
 import grpc
 import orjson
 import pytest
-from pydantic import SecretStr
 
-from llmproxy.server.domain import (
-    ChatRequest,
-    Finish,
-    FinishReason,
-    Message,
-    Parameters,
-    Role,
-    TextDelta,
-)
+from llmproxy.server.domain import FinishReason
 from llmproxy.server.errors import (
     UpstreamAuthError,
     UpstreamContextTooLongError,
@@ -29,15 +18,12 @@ from llmproxy.server.errors import (
     UpstreamOverloadedError,
     UpstreamProtocolError,
     UpstreamRateLimitedError,
-    UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
 from llmproxy.server.providers import anthropic as wire
 from llmproxy.server.providers.anthropic import AnthropicProvider
 from llmproxy.server.providers.base import ProviderSettings
-from llmproxy.server.providers.http import HttpClientSettings, build_http_client
 from llmproxy.server.providers.keys import KeyPool
-from llmproxy.server.providers.sse import SSEParser
 from tests.fakes.anthropic_fake import (
     API_KEY,
     CACHE_READ_TOKENS,
@@ -46,53 +32,32 @@ from tests.fakes.anthropic_fake import (
     REPLY,
     anthropic_app,
 )
+from tests.providers.chat_harness import (
+    broken,
+    chat,
+    collect,
+    exact_answer,
+    fails_over,
+    gateway_config,
+    http_fixture,
+    make,
+    query_fails,
+    refused,
+    replay_sse,
+    times_out,
+    upstream_fixture,
+)
 from tests.support.running import running_client, settings_for
-from tests.support.upstream import serve_upstream
 
 FIXTURES = pathlib.Path(__file__).parent.parent / "fixtures" / "anthropic"
 TEXT = "".join(REPLY)
 
-
-def chat(model: str = "ok", *messages: tuple[str, str], **params) -> ChatRequest:
-    msgs = messages or (("user", "Say hello"),)
-    return ChatRequest(
-        model=model,
-        messages=tuple(Message(Role(r), c) for r, c in msgs),
-        params=Parameters(**params),
-    )
+upstream = upstream_fixture(anthropic_app)
+http = http_fixture(read_timeout_s=1.0)
 
 
-@pytest.fixture
-async def upstream():
-    async with serve_upstream(anthropic_app()) as fake:
-        yield fake
-
-
-@pytest.fixture
-async def http():
-    client = build_http_client(HttpClientSettings(read_timeout_s=1.0))
-    yield client
-    await client.aclose()
-
-
-def make(upstream, http, keys=(API_KEY,), **options) -> AnthropicProvider:
-    settings = ProviderSettings(
-        name="claude", type="anthropic", base_url=upstream.base_url, options=options
-    )
-    return AnthropicProvider(settings, http, KeyPool([SecretStr(k) for k in keys]))
-
-
-async def collect(provider, request) -> tuple[list[TextDelta], Finish]:
-    deltas: list[TextDelta] = []
-    finish = None
-    async for event in provider.stream(request):
-        assert finish is None, "nothing may follow the Finish event"
-        if isinstance(event, TextDelta):
-            deltas.append(event)
-        else:
-            finish = event
-    assert finish is not None
-    return deltas, finish
+def provider(upstream, http, keys=(API_KEY,), **options):
+    return make("anthropic", upstream.base_url, http, keys, name="claude", **options)
 
 
 # --- pure functions -------------------------------------------------------------
@@ -141,12 +106,9 @@ def test_body_max_tokens_from_caller_or_configured_default():
 
 @pytest.mark.parametrize("split", [1, 7, 64, 10_000])
 def test_documented_stream_parses_whatever_the_read_boundaries(split):
+    state = wire.StreamState()
     raw = (FIXTURES / "stream.sse").read_bytes()
-    parser, state, texts = SSEParser(), wire.StreamState(), []
-    for i in range(0, len(raw), split):
-        for event in parser.feed(raw[i : i + split]):
-            texts.append(wire.parse_event(event, state, provider="p"))
-    assert "".join(texts) == "Hello!"
+    assert replay_sse(raw, split, wire.parse_event, state) == "Hello!"
     assert state.done
     finish = state.finish()
     assert (finish.reason, finish.raw_reason) == (FinishReason.STOP, "end_turn")
@@ -195,12 +157,11 @@ def test_error_bodies_map_to_typed_errors():
 
 
 async def test_stream_sends_the_documented_request_and_reads_text_usage_finish(upstream, http):
-    provider = make(upstream, http)
-    deltas, finish = await collect(
-        provider,
+    text, finish, _ = await collect(
+        provider(upstream, http),
         chat("claude-sonnet-4-5", ("system", "Be brief."), ("user", "Say hello"), temperature=0.2),
     )
-    assert "".join(d.text for d in deltas) == TEXT
+    assert text == TEXT
     assert (finish.reason, finish.raw_reason) == (FinishReason.STOP, "end_turn")
     assert finish.usage.input_tokens == INPUT_TOKENS
     assert finish.usage.output_tokens == len(REPLY)
@@ -220,9 +181,9 @@ async def test_stream_sends_the_documented_request_and_reads_text_usage_finish(u
 
 
 async def test_documented_x_api_key_and_older_version_are_options(upstream, http):
-    provider = make(upstream, http, auth="x-api-key", api_version="2023-06-01")
-    deltas, _ = await collect(provider, chat())
-    assert "".join(d.text for d in deltas) == TEXT
+    p = provider(upstream, http, auth="x-api-key", api_version="2023-06-01")
+    text, _, _ = await collect(p, chat())
+    assert text == TEXT
     sent = upstream.requests[-1].headers
     assert sent["x-api-key"] == API_KEY and "authorization" not in sent
     assert sent["anthropic-version"] == "2023-06-01"
@@ -236,9 +197,9 @@ def test_options_are_checked_when_the_adapter_is_built():
 
 
 async def test_slow_stream_arrives_in_many_deltas(upstream, http):
-    deltas, finish = await collect(make(upstream, http), chat("slow"))
-    assert len(deltas) > 10
-    assert "".join(d.text for d in deltas) == TEXT * 8
+    text, finish, deltas = await collect(provider(upstream, http), chat("slow"))
+    assert deltas > 10
+    assert text == TEXT * 8
     assert finish.usage.output_tokens == len(REPLY) * 8
 
 
@@ -251,15 +212,15 @@ async def test_slow_stream_arrives_in_many_deltas(upstream, http):
     ],
 )
 async def test_finish_reasons_from_the_wire(upstream, http, model, params, reason, raw):
-    _, finish = await collect(make(upstream, http), chat(model, **params))
+    _, finish, _ = await collect(provider(upstream, http), chat(model, **params))
     assert (finish.reason, finish.raw_reason) == (reason, raw)
 
 
 async def test_thinking_is_not_answer_text_and_cached_tokens_count_as_input(upstream, http):
-    provider = make(upstream, http)
-    deltas, _ = await collect(provider, chat("thinking"))
-    assert "".join(d.text for d in deltas) == TEXT
-    _, finish = await collect(provider, chat("cached"))
+    p = provider(upstream, http)
+    text, _, _ = await collect(p, chat("thinking"))
+    assert text == TEXT
+    _, finish, _ = await collect(p, chat("cached"))
     assert finish.usage.input_tokens == INPUT_TOKENS + CACHE_READ_TOKENS
     assert finish.usage.cached_input_tokens == CACHE_READ_TOKENS
 
@@ -275,19 +236,16 @@ async def test_thinking_is_not_answer_text_and_cached_tokens_count_as_input(upst
     ],
 )
 async def test_http_errors_are_typed(upstream, http, model, error_type, status):
-    with pytest.raises(error_type) as caught:
-        await collect(make(upstream, http), chat(model))
-    assert type(caught.value) is error_type
-    assert caught.value.status == status
-    assert caught.value.provider == "claude"
-    assert API_KEY not in str(caught.value)
+    p = provider(upstream, http)
+    error = await refused(p, chat(model), error_type, status=status, secret=API_KEY)
+    assert error.provider == "claude"
     if model == "429":
-        assert caught.value.retry_after == 2
+        assert error.retry_after == 2
 
 
 async def test_caller_error_is_invalid_request_not_retried(upstream, http):
     with pytest.raises(UpstreamInvalidRequestError) as caught:
-        await collect(make(upstream, http), chat(temperature=1.5))
+        await collect(provider(upstream, http), chat(temperature=1.5))
     assert "temperature" in caught.value.message
 
 
@@ -301,51 +259,39 @@ async def test_caller_error_is_invalid_request_not_retried(upstream, http):
     ],
 )
 async def test_broken_streams_raise_never_finish(upstream, http, model, error_type):
-    seen: list[str] = []
-    with pytest.raises(error_type):
-        async for event in make(upstream, http).stream(chat(model)):
-            assert isinstance(event, TextDelta), "a broken stream must never Finish"
-            seen.append(event.text)
+    seen = await broken(provider(upstream, http), chat(model), error_type)
     # Text read in the same network read as the failure may or may not have been yielded.
-    assert TEXT.startswith("".join(seen))
+    assert TEXT.startswith(seen)
 
 
 async def test_hung_upstream_times_out_instead_of_hanging(upstream, http):
-    started = time.perf_counter()
-    with pytest.raises(UpstreamTimeoutError):
-        await collect(make(upstream, http), chat("hang"))
-    assert time.perf_counter() - started < 3
-    await asyncio.wait_for(upstream.event("disconnected:hang").wait(), 2)
+    await times_out(provider(upstream, http), upstream)
 
 
 async def test_refused_key_rests_and_the_call_fails_over_to_the_next_key(upstream, http):
-    provider = make(upstream, http, keys=("sk-ant-wrong", API_KEY))
-    for _ in range(2):
-        deltas, _ = await collect(provider, chat())
-        assert "".join(d.text for d in deltas) == TEXT
     # The first call was refused on key-0 and retried on key-1; key-0 then rests.
-    used = [r.headers["authorization"] for r in upstream.requests]
-    assert used == ["Bearer sk-ant-wrong", f"Bearer {API_KEY}", f"Bearer {API_KEY}"]
-    assert provider.keys.cooling() == ["key-0"]
+    p = provider(upstream, http, keys=("sk-ant-wrong", API_KEY))
+    sent = ["Bearer sk-ant-wrong", f"Bearer {API_KEY}", f"Bearer {API_KEY}"]
+    await fails_over(p, upstream, TEXT, "authorization", sent)
 
 
 async def test_rate_limited_key_rests_for_retry_after(upstream, http):
-    provider = make(upstream, http)
+    p = provider(upstream, http)
     with pytest.raises(UpstreamRateLimitedError):
-        await collect(provider, chat("429"))
-    assert provider.keys.cooling() == ["key-0"]
+        await collect(p, chat("429"))
+    assert p.keys.cooling() == ["key-0"]
     assert len(upstream.requests) == 1  # no other key to fail over to
 
 
 async def test_list_models(upstream, http):
-    provider = make(upstream, http)
-    assert await provider.list_models() == MODELS
+    p = provider(upstream, http)
+    assert await p.list_models() == MODELS
     sent = upstream.requests[-1]
     assert (sent.path, sent.query) == ("/v1/models", {"limit": "1000"})
     assert sent.headers["anthropic-version"] == wire.API_VERSION
-    await provider.health_check()
+    await p.health_check()
     with pytest.raises(UpstreamAuthError):
-        await make(upstream, http, keys=("sk-ant-wrong",)).list_models()
+        await provider(upstream, http, keys=("sk-ant-wrong",)).list_models()
 
 
 # --- the official SDK against the same fake ----------------------------------------
@@ -430,45 +376,23 @@ async def test_sdk_lists_the_fakes_models(upstream):
 # --- end to end: gRPC Query -> server -> fake -----------------------------------------
 
 
-def anthropic_config(base_url: str, models: list[str]) -> dict:
-    return {
-        "providers": [
-            {
-                "name": "fake-anthropic",
-                "type": "anthropic",
-                "base_url": base_url,
-                "api_keys": [API_KEY],
-            }
-        ],
-        "models": [
-            {
-                "name": m,
-                "provider": "fake-anthropic",
-                "upstream_model": m,
-                "task_types": ["generation"],
-            }
-            for m in models
-        ],
-    }
-
-
 async def test_query_end_to_end(upstream):
-    config = anthropic_config(upstream.base_url, ["ok", "529", "mid-stream-error"])
+    config = gateway_config(
+        {
+            "name": "fake-anthropic",
+            "type": "anthropic",
+            "base_url": upstream.base_url,
+            "api_keys": [API_KEY],
+        },
+        ["ok", "529", "mid-stream-error"],
+    )
     async with running_client(settings_for(config)) as (_, client):
         result = await client.query(
             messages=[("system", "Be brief."), ("user", "Say hello")], model="ok", max_tokens=50
         )
-        assert result.text == TEXT
-        meta = result.done.metadata
-        assert (meta.input_tokens, meta.output_tokens) == (INPUT_TOKENS, len(REPLY))
-        assert not result.done.usage.estimated
+        exact_answer(result, TEXT, INPUT_TOKENS, len(REPLY))
         assert result.done.provider == "fake-anthropic"
         sent = orjson.loads(upstream.requests[-1].body)
         assert sent["system"] == "Be brief." and sent["max_tokens"] == 50
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await client.query("hi", model="529")
-        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert API_KEY not in caught.value.details()
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await client.query("hi", model="mid-stream-error")
-        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        await query_fails(client, "529", grpc.StatusCode.UNAVAILABLE, API_KEY)
+        await query_fails(client, "mid-stream-error", grpc.StatusCode.UNAVAILABLE)

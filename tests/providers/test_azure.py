@@ -19,30 +19,30 @@ from llmproxy.server.errors import (
     UpstreamUnavailableError,
 )
 from llmproxy.server.providers import azure_openai as wire
-from llmproxy.server.providers.http import HttpClientSettings, build_http_client
 from llmproxy.server.providers.openai_compat import ChunkDecoder
 from llmproxy.v1 import llmproxy_pb2 as pb
 from tests.fakes.azure_fake import AZURE_KEY, MODELS, azure_app
 from tests.fakes.openai_fake import PROMPT_TOKENS, REPLY
-from tests.providers.chat_harness import chat, collect, gateway_config, make, partial
+from tests.providers.chat_harness import (
+    broken,
+    chat,
+    collect,
+    exact_answer,
+    gateway_config,
+    http_fixture,
+    make,
+    query_fails,
+    refused,
+    upstream_fixture,
+)
 from tests.support.running import running_client, settings_for
-from tests.support.upstream import serve_upstream
 
 FIXTURES = pathlib.Path(__file__).parent.parent / "fixtures" / "azure"
 TEXT = "".join(REPLY)
 
 
-@pytest.fixture
-async def upstream():
-    async with serve_upstream(azure_app()) as fake:
-        yield fake
-
-
-@pytest.fixture
-async def http():
-    client = build_http_client(HttpClientSettings(read_timeout_s=0.5))
-    yield client
-    await client.aclose()
+upstream = upstream_fixture(azure_app)
+http = http_fixture()
 
 
 def provider(upstream, http, keys=(AZURE_KEY,), **options):
@@ -158,17 +158,15 @@ async def test_filtered_prompt_is_a_finish_reason_not_an_error(upstream, http):
     ],
 )
 async def test_errors_before_the_stream(upstream, http, deployment, cls, status, retry_after):
-    with pytest.raises(cls) as caught:
-        await collect(provider(upstream, http), chat(deployment))
-    assert (caught.value.status, caught.value.retry_after) == (status, retry_after)
+    error = await refused(provider(upstream, http), chat(deployment), cls, status=status)
+    assert error.retry_after == retry_after
     if deployment == "no-such-deployment":
-        assert "deployment for this resource does not exist" in caught.value.message
+        assert "deployment for this resource does not exist" in error.message
 
 
 async def test_wrong_key_is_an_auth_error_without_the_key(upstream, http):
-    with pytest.raises(UpstreamAuthError) as caught:
-        await collect(provider(upstream, http, keys=("wrong-key-123",)), chat("gpt-4o-mini"))
-    assert caught.value.status == 401 and "wrong-key-123" not in str(caught.value)
+    p = provider(upstream, http, keys=("wrong-key-123",))
+    await refused(p, chat("gpt-4o-mini"), UpstreamAuthError, status=401, secret="wrong-key-123")
 
 
 @pytest.mark.parametrize(
@@ -180,10 +178,8 @@ async def test_wrong_key_is_an_auth_error_without_the_key(upstream, http):
     ],
 )
 async def test_errors_after_the_stream_started(upstream, http, deployment, cls):
-    received: list[str] = []
-    with pytest.raises(cls):
-        await partial(provider(upstream, http), chat(deployment), received)
-    assert TEXT.startswith("".join(received))
+    received = await broken(provider(upstream, http), chat(deployment), cls)
+    assert TEXT.startswith(received)
 
 
 async def test_list_models(upstream, http):
@@ -267,13 +263,9 @@ async def test_query_end_to_end_through_the_gateway(upstream):
     )
     async with running_client(settings_for(config)) as (_, client):
         result = await client.query("Say hello", model="gpt-4o-mini")
-        assert result.text == TEXT
-        meta = result.done.metadata
-        assert (meta.input_tokens, meta.output_tokens) == (PROMPT_TOKENS, len(REPLY))
+        exact_answer(result, TEXT, PROMPT_TOKENS, len(REPLY))
         filtered = await client.query("Say something bad", model="prompt-filter")
         assert filtered.text == ""
         assert filtered.done.metadata.finish_reason == pb.FINISH_REASON_CONTENT_FILTER
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await client.query("hi", model="429")
-        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        await query_fails(client, "429", grpc.StatusCode.RESOURCE_EXHAUSTED)
     assert upstream.requests[0].query == {"api-version": "2025-04-01-preview"}

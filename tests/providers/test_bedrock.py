@@ -30,7 +30,6 @@ from llmproxy.server.errors import (
 )
 from llmproxy.server.providers import bedrock as wire
 from llmproxy.server.providers.eventstream import EventStreamDecoder, EventStreamError
-from llmproxy.server.providers.http import HttpClientSettings, build_http_client
 from tests.fakes.bedrock_fake import (
     ACCESS_KEY,
     API_KEY,
@@ -45,25 +44,26 @@ from tests.fakes.bedrock_fake import (
     bedrock_app,
     encode_message,
 )
-from tests.providers.chat_harness import chat, collect, gateway_config, make, partial
+from tests.providers.chat_harness import (
+    broken,
+    chat,
+    collect,
+    exact_answer,
+    gateway_config,
+    http_fixture,
+    make,
+    query_fails,
+    refused,
+    upstream_fixture,
+)
 from tests.support.running import running_client, settings_for
-from tests.support.upstream import serve_upstream
 
 FIXTURES = pathlib.Path(__file__).parent.parent / "fixtures" / "bedrock"
 TEXT = "".join(REPLY)
 
 
-@pytest.fixture
-async def upstream():
-    async with serve_upstream(bedrock_app()) as fake:
-        yield fake
-
-
-@pytest.fixture
-async def http():
-    client = build_http_client(HttpClientSettings(read_timeout_s=0.5))
-    yield client
-    await client.aclose()
+upstream = upstream_fixture(bedrock_app)
+http = http_fixture()
 
 
 def provider(upstream, http, keys=(CREDENTIAL,), **options):
@@ -215,10 +215,9 @@ async def test_session_token_and_api_key_auth(upstream, http):
     "key", [f"{ACCESS_KEY}:wrongSecret", "AKIAUNKNOWN000000000:x", "not-a-bedrock-key"]
 )
 async def test_bad_credentials_are_auth_errors_without_the_secret(upstream, http, key):
-    with pytest.raises(UpstreamAuthError) as caught:
-        await collect(provider(upstream, http, keys=(key,)), chat(MODEL))
-    assert caught.value.status == 403 and key not in str(caught.value)
-    assert caught.value.metadata["upstream_code"] in (
+    p = provider(upstream, http, keys=(key,))
+    error = await refused(p, chat(MODEL), UpstreamAuthError, status=403, secret=key)
+    assert error.metadata["upstream_code"] in (
         "InvalidSignatureException",
         "UnrecognizedClientException",
     )
@@ -265,9 +264,7 @@ async def test_finish_reasons(upstream, http):
     ],
 )
 async def test_errors_before_the_stream(upstream, http, model, cls, status):
-    with pytest.raises(cls) as caught:
-        await collect(provider(upstream, http), chat(model))
-    assert type(caught.value) is cls and caught.value.status == status
+    await refused(provider(upstream, http), chat(model), cls, status=status)
 
 
 @pytest.mark.parametrize(
@@ -279,10 +276,8 @@ async def test_errors_before_the_stream(upstream, http, model, cls, status):
     ],
 )
 async def test_errors_after_the_stream_started(upstream, http, model, cls):
-    received: list[str] = []
-    with pytest.raises(cls):
-        await partial(provider(upstream, http), chat(model), received)
-    assert TEXT.startswith("".join(received))
+    received = await broken(provider(upstream, http), chat(model), cls)
+    assert TEXT.startswith(received)
 
 
 async def test_list_models_is_signed_too(upstream, http):
@@ -368,12 +363,7 @@ async def test_query_end_to_end_through_the_gateway(upstream):
     )
     async with running_client(settings_for(config)) as (_, client):
         result = await client.query("Say hello", model=MODEL, max_tokens=50)
-        assert result.text == TEXT
-        meta = result.done.metadata
-        assert (meta.input_tokens, meta.output_tokens) == (INPUT_TOKENS, len(REPLY))
-        assert not result.done.usage.estimated
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await client.query("hi", model="throttle")
-        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        exact_answer(result, TEXT, INPUT_TOKENS, len(REPLY))
+        await query_fails(client, "throttle", grpc.StatusCode.RESOURCE_EXHAUSTED)
         status = await client.status(refresh=True)
         assert all(m.available for m in status.models)

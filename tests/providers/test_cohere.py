@@ -3,9 +3,7 @@ the official cohere SDK against the same fake, and a gRPC Query end to end."""
 
 from __future__ import annotations
 
-import asyncio
 import pathlib
-import time
 
 import cohere
 import grpc
@@ -13,17 +11,8 @@ import httpx
 import orjson
 import pytest
 from cohere import errors as cohere_errors
-from pydantic import SecretStr
 
-from llmproxy.server.domain import (
-    ChatRequest,
-    Finish,
-    FinishReason,
-    Message,
-    Parameters,
-    Role,
-    TextDelta,
-)
+from llmproxy.server.domain import FinishReason
 from llmproxy.server.errors import (
     UpstreamAuthError,
     UpstreamContextTooLongError,
@@ -34,58 +23,34 @@ from llmproxy.server.errors import (
     UpstreamUnavailableError,
 )
 from llmproxy.server.providers import cohere as wire
-from llmproxy.server.providers.base import ProviderSettings
-from llmproxy.server.providers.cohere import CohereProvider
-from llmproxy.server.providers.http import HttpClientSettings, build_http_client
-from llmproxy.server.providers.keys import KeyPool
-from llmproxy.server.providers.sse import SSEParser
 from tests.fakes.cohere_fake import API_KEY, BILLED_INPUT, MODELS, REPLY, cohere_app
+from tests.providers.chat_harness import (
+    broken,
+    chat,
+    collect,
+    exact_answer,
+    fails_over,
+    gateway_config,
+    http_fixture,
+    make,
+    query_fails,
+    refused,
+    replay_sse,
+    times_out,
+    upstream_fixture,
+)
 from tests.support.running import running_client, settings_for
-from tests.support.upstream import serve_upstream
 
 FIXTURES = pathlib.Path(__file__).parent.parent / "fixtures" / "cohere"
 TEXT = "".join(REPLY)
 NO_RETRY = {"max_retries": 0}
 
-
-def chat(model: str = "ok", *messages: tuple[str, str], **params) -> ChatRequest:
-    msgs = messages or (("user", "Say hello"),)
-    return ChatRequest(
-        model=model,
-        messages=tuple(Message(Role(r), c) for r, c in msgs),
-        params=Parameters(**params),
-    )
+upstream = upstream_fixture(cohere_app)
+http = http_fixture(read_timeout_s=1.0)
 
 
-@pytest.fixture
-async def upstream():
-    async with serve_upstream(cohere_app()) as fake:
-        yield fake
-
-
-@pytest.fixture
-async def http():
-    client = build_http_client(HttpClientSettings(read_timeout_s=1.0))
-    yield client
-    await client.aclose()
-
-
-def make(upstream, http, keys=(API_KEY,)) -> CohereProvider:
-    settings = ProviderSettings(name="cohere", type="cohere", base_url=upstream.base_url)
-    return CohereProvider(settings, http, KeyPool([SecretStr(k) for k in keys]))
-
-
-async def collect(provider, request) -> tuple[list[TextDelta], Finish]:
-    deltas: list[TextDelta] = []
-    finish = None
-    async for event in provider.stream(request):
-        assert finish is None, "nothing may follow the Finish event"
-        if isinstance(event, TextDelta):
-            deltas.append(event)
-        else:
-            finish = event
-    assert finish is not None
-    return deltas, finish
+def provider(upstream, http, keys=(API_KEY,)):
+    return make("cohere", upstream.base_url, http, keys, name="cohere")
 
 
 # --- pure functions -------------------------------------------------------------
@@ -125,12 +90,9 @@ def test_body_keeps_system_turns_and_renames_parameters():
 
 @pytest.mark.parametrize("split", [1, 9, 80, 10_000])
 def test_documented_stream_parses_whatever_the_read_boundaries(split):
+    state = wire.StreamState()
     raw = (FIXTURES / "stream.sse").read_bytes()
-    parser, state, texts = SSEParser(), wire.StreamState(), []
-    for i in range(0, len(raw), split):
-        for event in parser.feed(raw[i : i + split]):
-            texts.append(wire.parse_event(event, state, provider="p"))
-    assert "".join(texts) == "Hello world!"
+    assert replay_sse(raw, split, wire.parse_event, state) == "Hello world!"
     finish = state.finish()
     assert (finish.reason, finish.raw_reason) == (FinishReason.STOP, "COMPLETE")
     # Billed units, not the template-inflated token counts.
@@ -189,11 +151,11 @@ def test_mid_stream_failures_raise():
 
 
 async def test_stream_sends_the_documented_request_and_reads_text_usage_finish(upstream, http):
-    deltas, finish = await collect(
-        make(upstream, http),
+    text, finish, _ = await collect(
+        provider(upstream, http),
         chat("command-a-03-2025", ("system", "Be brief."), ("user", "Say hello"), temperature=0.2),
     )
-    assert "".join(d.text for d in deltas) == TEXT
+    assert text == TEXT
     assert (finish.reason, finish.raw_reason) == (FinishReason.STOP, "COMPLETE")
     assert (finish.usage.input_tokens, finish.usage.output_tokens) == (BILLED_INPUT, len(REPLY))
     sent = upstream.requests[-1]
@@ -211,15 +173,15 @@ async def test_stream_sends_the_documented_request_and_reads_text_usage_finish(u
 
 
 async def test_many_deltas_thinking_and_finish_reasons(upstream, http):
-    provider = make(upstream, http)
-    deltas, finish = await collect(provider, chat("slow"))
-    assert len(deltas) > 10 and "".join(d.text for d in deltas) == TEXT * 8
+    p = provider(upstream, http)
+    text, finish, deltas = await collect(p, chat("slow"))
+    assert deltas > 10 and text == TEXT * 8
     assert finish.usage.output_tokens == len(REPLY) * 8
-    deltas, _ = await collect(provider, chat("thinking"))
-    assert "".join(d.text for d in deltas) == TEXT
-    _, finish = await collect(provider, chat(max_tokens=3))
+    text, _, _ = await collect(p, chat("thinking"))
+    assert text == TEXT
+    _, finish, _ = await collect(p, chat(max_tokens=3))
     assert (finish.reason, finish.raw_reason) == (FinishReason.LENGTH, "MAX_TOKENS")
-    _, finish = await collect(provider, chat(stop=("zzz",)))
+    _, finish, _ = await collect(p, chat(stop=("zzz",)))
     assert (finish.reason, finish.raw_reason) == (FinishReason.STOP, "STOP_SEQUENCE")
 
 
@@ -234,18 +196,16 @@ async def test_many_deltas_thinking_and_finish_reasons(upstream, http):
     ],
 )
 async def test_http_errors_are_typed(upstream, http, model, error_type, status):
-    with pytest.raises(error_type) as caught:
-        await collect(make(upstream, http), chat(model))
-    assert type(caught.value) is error_type
-    assert caught.value.status == status and caught.value.provider == "cohere"
-    assert API_KEY not in str(caught.value)
+    p = provider(upstream, http)
+    error = await refused(p, chat(model), error_type, status=status, secret=API_KEY)
+    assert error.provider == "cohere"
     if model == "429":
-        assert caught.value.retry_after == 2
+        assert error.retry_after == 2
 
 
 async def test_caller_error_is_invalid_request(upstream, http):
     with pytest.raises(UpstreamInvalidRequestError) as caught:
-        await collect(make(upstream, http), chat(stop=tuple("abcdef")))
+        await collect(provider(upstream, http), chat(stop=tuple("abcdef")))
     assert "stop_sequences" in caught.value.message
 
 
@@ -259,46 +219,34 @@ async def test_caller_error_is_invalid_request(upstream, http):
     ],
 )
 async def test_broken_streams_raise_never_finish(upstream, http, model, error_type):
-    seen: list[str] = []
-    with pytest.raises(error_type):
-        async for event in make(upstream, http).stream(chat(model)):
-            assert isinstance(event, TextDelta), "a broken stream must never Finish"
-            seen.append(event.text)
-    assert TEXT.startswith("".join(seen))
+    seen = await broken(provider(upstream, http), chat(model), error_type)
+    assert TEXT.startswith(seen)
 
 
 async def test_hung_upstream_times_out_instead_of_hanging(upstream, http):
-    started = time.perf_counter()
-    with pytest.raises(UpstreamTimeoutError):
-        await collect(make(upstream, http), chat("hang"))
-    assert time.perf_counter() - started < 3
-    await asyncio.wait_for(upstream.event("disconnected:hang").wait(), 2)
+    await times_out(provider(upstream, http), upstream)
 
 
 async def test_refused_key_rests_and_the_call_fails_over_to_the_next_key(upstream, http):
-    provider = make(upstream, http, keys=("co-wrong", API_KEY))
-    for _ in range(2):
-        deltas, _ = await collect(provider, chat())
-        assert "".join(d.text for d in deltas) == TEXT
-    used = [r.headers["authorization"] for r in upstream.requests]
-    assert used == ["Bearer co-wrong", f"Bearer {API_KEY}", f"Bearer {API_KEY}"]
-    assert provider.keys.cooling() == ["key-0"]
+    p = provider(upstream, http, keys=("co-wrong", API_KEY))
+    sent = ["Bearer co-wrong", f"Bearer {API_KEY}", f"Bearer {API_KEY}"]
+    await fails_over(p, upstream, TEXT, "authorization", sent)
 
 
 async def test_rate_limited_key_rests(upstream, http):
-    provider = make(upstream, http)
+    p = provider(upstream, http)
     with pytest.raises(UpstreamRateLimitedError):
-        await collect(provider, chat("429"))
-    assert provider.keys.cooling() == ["key-0"]
+        await collect(p, chat("429"))
+    assert p.keys.cooling() == ["key-0"]
 
 
 async def test_list_models_asks_for_chat_models(upstream, http):
-    provider = make(upstream, http)
-    assert await provider.list_models() == [m for m in MODELS if not m.startswith("embed")]
+    p = provider(upstream, http)
+    assert await p.list_models() == [m for m in MODELS if not m.startswith("embed")]
     sent = upstream.requests[-1]
     assert (sent.path, sent.query) == ("/v1/models", {"endpoint": "chat", "page_size": "1000"})
     with pytest.raises(UpstreamAuthError):
-        await make(upstream, http, keys=("co-wrong",)).list_models()
+        await provider(upstream, http, keys=("co-wrong",)).list_models()
 
 
 # --- the official SDK against the same fake ----------------------------------------
@@ -388,40 +336,23 @@ async def test_sdk_lists_the_fakes_models(upstream, sdk):
 # --- end to end: gRPC Query -> server -> fake -----------------------------------------
 
 
-def cohere_config(base_url: str, models: list[str]) -> dict:
-    return {
-        "providers": [
-            {"name": "fake-cohere", "type": "cohere", "base_url": base_url, "api_keys": [API_KEY]}
-        ],
-        "models": [
-            {
-                "name": m,
-                "provider": "fake-cohere",
-                "upstream_model": m,
-                "task_types": ["generation"],
-            }
-            for m in models
-        ],
-    }
-
-
 async def test_query_end_to_end(upstream):
-    config = cohere_config(upstream.base_url, ["ok", "401", "truncated"])
+    config = gateway_config(
+        {
+            "name": "fake-cohere",
+            "type": "cohere",
+            "base_url": upstream.base_url,
+            "api_keys": [API_KEY],
+        },
+        ["ok", "401", "truncated"],
+    )
     async with running_client(settings_for(config)) as (_, client):
         result = await client.query(
             messages=[("system", "Be brief."), ("user", "Say hello")], model="ok", max_tokens=50
         )
-        assert result.text == TEXT
-        meta = result.done.metadata
-        assert (meta.input_tokens, meta.output_tokens) == (BILLED_INPUT, len(REPLY))
-        assert not result.done.usage.estimated
+        exact_answer(result, TEXT, BILLED_INPUT, len(REPLY))
         sent = orjson.loads(upstream.requests[-1].body)
         assert sent["messages"][0] == {"role": "system", "content": "Be brief."}
         assert sent["max_tokens"] == 50
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await client.query("hi", model="401")
-        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert API_KEY not in caught.value.details()
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await client.query("hi", model="truncated")
-        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        await query_fails(client, "401", grpc.StatusCode.FAILED_PRECONDITION, API_KEY)
+        await query_fails(client, "truncated", grpc.StatusCode.UNAVAILABLE)

@@ -3,9 +3,7 @@ the official google-genai SDK against the same fake, and a gRPC Query end to end
 
 from __future__ import annotations
 
-import asyncio
 import pathlib
-import time
 
 import grpc
 import orjson
@@ -13,17 +11,8 @@ import pytest
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
-from pydantic import SecretStr
 
-from llmproxy.server.domain import (
-    ChatRequest,
-    Finish,
-    FinishReason,
-    Message,
-    Parameters,
-    Role,
-    TextDelta,
-)
+from llmproxy.server.domain import FinishReason
 from llmproxy.server.errors import (
     UpstreamAuthError,
     UpstreamContextTooLongError,
@@ -31,15 +20,9 @@ from llmproxy.server.errors import (
     UpstreamOverloadedError,
     UpstreamProtocolError,
     UpstreamRateLimitedError,
-    UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
 from llmproxy.server.providers import gemini as wire
-from llmproxy.server.providers.base import ProviderSettings
-from llmproxy.server.providers.gemini import GeminiProvider
-from llmproxy.server.providers.http import HttpClientSettings, build_http_client
-from llmproxy.server.providers.keys import KeyPool
-from llmproxy.server.providers.sse import SSEParser
 from tests.fakes.gemini_fake import (
     API_KEY,
     MODELS,
@@ -48,53 +31,32 @@ from tests.fakes.gemini_fake import (
     THOUGHT_TOKENS,
     gemini_app,
 )
+from tests.providers.chat_harness import (
+    broken,
+    chat,
+    collect,
+    exact_answer,
+    fails_over,
+    gateway_config,
+    http_fixture,
+    make,
+    query_fails,
+    refused,
+    replay_sse,
+    times_out,
+    upstream_fixture,
+)
 from tests.support.running import running_client, settings_for
-from tests.support.upstream import serve_upstream
 
 FIXTURES = pathlib.Path(__file__).parent.parent / "fixtures" / "gemini"
 TEXT = "".join(REPLY)
 
-
-def chat(model: str = "ok", *messages: tuple[str, str], **params) -> ChatRequest:
-    msgs = messages or (("user", "Say hello"),)
-    return ChatRequest(
-        model=model,
-        messages=tuple(Message(Role(r), c) for r, c in msgs),
-        params=Parameters(**params),
-    )
+upstream = upstream_fixture(gemini_app)
+http = http_fixture(read_timeout_s=1.0)
 
 
-@pytest.fixture
-async def upstream():
-    async with serve_upstream(gemini_app()) as fake:
-        yield fake
-
-
-@pytest.fixture
-async def http():
-    client = build_http_client(HttpClientSettings(read_timeout_s=1.0))
-    yield client
-    await client.aclose()
-
-
-def make(upstream, http, keys=(API_KEY,), **options) -> GeminiProvider:
-    settings = ProviderSettings(
-        name="gemini", type="gemini", base_url=upstream.base_url, options=options
-    )
-    return GeminiProvider(settings, http, KeyPool([SecretStr(k) for k in keys]))
-
-
-async def collect(provider, request) -> tuple[list[TextDelta], Finish]:
-    deltas: list[TextDelta] = []
-    finish = None
-    async for event in provider.stream(request):
-        assert finish is None, "nothing may follow the Finish event"
-        if isinstance(event, TextDelta):
-            deltas.append(event)
-        else:
-            finish = event
-    assert finish is not None
-    return deltas, finish
+def provider(upstream, http, keys=(API_KEY,), **options):
+    return make("gemini", upstream.base_url, http, keys, name="gemini", **options)
 
 
 # --- pure functions -------------------------------------------------------------
@@ -136,12 +98,9 @@ def test_body_uses_system_instruction_model_role_merged_turns_and_generation_con
 
 @pytest.mark.parametrize("split", [1, 13, 100, 10_000])
 def test_documented_stream_parses_whatever_the_read_boundaries(split):
+    state = wire.StreamState()
     raw = (FIXTURES / "stream.sse").read_bytes()
-    parser, state, texts = SSEParser(), wire.StreamState(), []
-    for i in range(0, len(raw), split):
-        for event in parser.feed(raw[i : i + split]):
-            texts.append(wire.parse_event(event, state, provider="p"))
-    assert "".join(texts) == "The sky is blue."
+    assert replay_sse(raw, split, wire.parse_event, state) == "The sky is blue."
     finish = state.finish()
     assert (finish.reason, finish.raw_reason) == (FinishReason.STOP, "STOP")
     # Output counts thinking tokens (billed as output); cached tokens are part of the input.
@@ -199,11 +158,11 @@ def test_error_bodies_map_to_typed_errors():
 
 
 async def test_stream_sends_the_documented_request_and_reads_text_usage_finish(upstream, http):
-    deltas, finish = await collect(
-        make(upstream, http),
+    text, finish, _ = await collect(
+        provider(upstream, http),
         chat("gemini-2.5-flash", ("system", "Be brief."), ("user", "Say hello"), temperature=0.2),
     )
-    assert "".join(d.text for d in deltas) == TEXT
+    assert text == TEXT
     assert (finish.reason, finish.raw_reason) == (FinishReason.STOP, "STOP")
     assert (finish.usage.input_tokens, finish.usage.output_tokens) == (PROMPT_TOKENS, len(REPLY))
     sent = upstream.requests[-1]
@@ -218,33 +177,33 @@ async def test_stream_sends_the_documented_request_and_reads_text_usage_finish(u
 
 
 async def test_v1beta_is_an_option(upstream, http):
-    deltas, _ = await collect(make(upstream, http, api_version="v1beta"), chat())
-    assert "".join(d.text for d in deltas) == TEXT
+    text, _, _ = await collect(provider(upstream, http, api_version="v1beta"), chat())
+    assert text == TEXT
     assert upstream.requests[-1].path == "/v1beta/models/ok:streamGenerateContent"
 
 
 async def test_usage_only_at_the_end_and_many_chunks(upstream, http):
-    provider = make(upstream, http)
-    _, finish = await collect(provider, chat("usage-at-end"))
+    p = provider(upstream, http)
+    _, finish, _ = await collect(p, chat("usage-at-end"))
     assert (finish.usage.input_tokens, finish.usage.output_tokens) == (PROMPT_TOKENS, len(REPLY))
-    deltas, finish = await collect(provider, chat("slow"))
-    assert len(deltas) > 10 and "".join(d.text for d in deltas) == TEXT * 8
+    text, finish, deltas = await collect(p, chat("slow"))
+    assert deltas > 10 and text == TEXT * 8
     assert finish.usage.output_tokens == len(REPLY) * 8
 
 
 async def test_thought_parts_are_not_answer_text_but_their_tokens_are_output(upstream, http):
-    deltas, finish = await collect(make(upstream, http), chat("thinking"))
-    assert "".join(d.text for d in deltas) == TEXT
+    text, finish, _ = await collect(provider(upstream, http), chat("thinking"))
+    assert text == TEXT
     assert finish.usage.output_tokens == len(REPLY) + THOUGHT_TOKENS
 
 
 async def test_safety_stop_and_blocked_prompt_end_as_content_filter(upstream, http):
-    provider = make(upstream, http)
-    deltas, finish = await collect(provider, chat("safety"))
-    assert "".join(d.text for d in deltas) == "".join(REPLY[:3])
+    p = provider(upstream, http)
+    text, finish, _ = await collect(p, chat("safety"))
+    assert text == "".join(REPLY[:3])
     assert (finish.reason, finish.raw_reason) == (FinishReason.CONTENT_FILTER, "SAFETY")
-    deltas, finish = await collect(provider, chat("blocked"))
-    assert deltas == []
+    _, finish, deltas = await collect(p, chat("blocked"))
+    assert deltas == 0
     assert (finish.reason, finish.raw_reason) == (
         FinishReason.CONTENT_FILTER,
         "prompt_blocked:SAFETY",
@@ -253,7 +212,7 @@ async def test_safety_stop_and_blocked_prompt_end_as_content_filter(upstream, ht
 
 
 async def test_max_tokens_is_length(upstream, http):
-    _, finish = await collect(make(upstream, http), chat(max_tokens=3))
+    _, finish, _ = await collect(provider(upstream, http), chat(max_tokens=3))
     assert (finish.reason, finish.raw_reason) == (FinishReason.LENGTH, "MAX_TOKENS")
 
 
@@ -268,18 +227,16 @@ async def test_max_tokens_is_length(upstream, http):
     ],
 )
 async def test_http_errors_are_typed(upstream, http, model, error_type, status):
-    with pytest.raises(error_type) as caught:
-        await collect(make(upstream, http), chat(model))
-    assert type(caught.value) is error_type
-    assert caught.value.status == status and caught.value.provider == "gemini"
-    assert API_KEY not in str(caught.value)
+    p = provider(upstream, http)
+    error = await refused(p, chat(model), error_type, status=status, secret=API_KEY)
+    assert error.provider == "gemini"
     if model == "429":
-        assert caught.value.retry_after == 2
+        assert error.retry_after == 2
 
 
 async def test_caller_error_is_invalid_request(upstream, http):
     with pytest.raises(UpstreamInvalidRequestError) as caught:
-        await collect(make(upstream, http), chat(stop=tuple("abcdef")))
+        await collect(provider(upstream, http), chat(stop=tuple("abcdef")))
     assert "stop_sequences" in caught.value.message
 
 
@@ -293,47 +250,34 @@ async def test_caller_error_is_invalid_request(upstream, http):
     ],
 )
 async def test_broken_streams_raise_never_finish(upstream, http, model, error_type):
-    seen: list[str] = []
-    with pytest.raises(error_type):
-        async for event in make(upstream, http).stream(chat(model)):
-            assert isinstance(event, TextDelta), "a broken stream must never Finish"
-            seen.append(event.text)
-    assert TEXT.startswith("".join(seen))
+    seen = await broken(provider(upstream, http), chat(model), error_type)
+    assert TEXT.startswith(seen)
 
 
 async def test_hung_upstream_times_out_instead_of_hanging(upstream, http):
-    started = time.perf_counter()
-    with pytest.raises(UpstreamTimeoutError):
-        await collect(make(upstream, http), chat("hang"))
-    assert time.perf_counter() - started < 3
-    await asyncio.wait_for(upstream.event("disconnected:hang").wait(), 2)
+    await times_out(provider(upstream, http), upstream)
 
 
 async def test_bad_key_rests_and_the_call_fails_over_to_the_next_key(upstream, http):
-    provider = make(upstream, http, keys=("AIza-wrong", API_KEY))
-    for _ in range(2):
-        deltas, _ = await collect(provider, chat())
-        assert "".join(d.text for d in deltas) == TEXT
     # Gemini refuses a bad key with a 400, which still rests the key.
-    used = [r.headers["x-goog-api-key"] for r in upstream.requests]
-    assert used == ["AIza-wrong", API_KEY, API_KEY]
-    assert provider.keys.cooling() == ["key-0"]
+    p = provider(upstream, http, keys=("AIza-wrong", API_KEY))
+    await fails_over(p, upstream, TEXT, "x-goog-api-key", ["AIza-wrong", API_KEY, API_KEY])
 
 
 async def test_rate_limited_key_rests_for_the_retry_info_delay(upstream, http):
-    provider = make(upstream, http)
+    p = provider(upstream, http)
     with pytest.raises(UpstreamRateLimitedError):
-        await collect(provider, chat("429"))
-    assert provider.keys.cooling() == ["key-0"]
+        await collect(p, chat("429"))
+    assert p.keys.cooling() == ["key-0"]
 
 
 async def test_list_models_keeps_chat_models(upstream, http):
-    provider = make(upstream, http)
-    assert await provider.list_models() == [m for m in MODELS if "embedding" not in m]
+    p = provider(upstream, http)
+    assert await p.list_models() == [m for m in MODELS if "embedding" not in m]
     sent = upstream.requests[-1]
     assert (sent.path, sent.query) == ("/v1/models", {"pageSize": "1000"})
     with pytest.raises(UpstreamAuthError):
-        await make(upstream, http, keys=("AIza-wrong",)).list_models()
+        await provider(upstream, http, keys=("AIza-wrong",)).list_models()
 
 
 # --- the official SDK against the same fake ----------------------------------------
@@ -421,40 +365,25 @@ async def test_sdk_lists_the_fakes_models(upstream):
 # --- end to end: gRPC Query -> server -> fake -----------------------------------------
 
 
-def gemini_config(base_url: str, models: list[str]) -> dict:
-    return {
-        "providers": [
-            {"name": "fake-gemini", "type": "gemini", "base_url": base_url, "api_keys": [API_KEY]}
-        ],
-        "models": [
-            {
-                "name": m,
-                "provider": "fake-gemini",
-                "upstream_model": m,
-                "task_types": ["generation"],
-            }
-            for m in models
-        ],
-    }
-
-
 async def test_query_end_to_end(upstream):
-    config = gemini_config(upstream.base_url, ["ok", "blocked", "429"])
+    config = gateway_config(
+        {
+            "name": "fake-gemini",
+            "type": "gemini",
+            "base_url": upstream.base_url,
+            "api_keys": [API_KEY],
+        },
+        ["ok", "blocked", "429"],
+    )
     async with running_client(settings_for(config)) as (_, client):
         result = await client.query(
             messages=[("system", "Be brief."), ("user", "Say hello")], model="ok", max_tokens=50
         )
-        assert result.text == TEXT
-        meta = result.done.metadata
-        assert (meta.input_tokens, meta.output_tokens) == (PROMPT_TOKENS, len(REPLY))
-        assert not result.done.usage.estimated
+        exact_answer(result, TEXT, PROMPT_TOKENS, len(REPLY))
         sent = orjson.loads(upstream.requests[-1].body)
         assert sent["systemInstruction"] == {"parts": [{"text": "Be brief."}]}
         assert sent["generationConfig"] == {"maxOutputTokens": 50}
         blocked = await client.query("hi", model="blocked")
         assert blocked.text == ""
         assert blocked.done.metadata.provider_finish_reason == "prompt_blocked:SAFETY"
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await client.query("hi", model="429")
-        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert API_KEY not in caught.value.details()
+        await query_fails(client, "429", grpc.StatusCode.RESOURCE_EXHAUSTED, API_KEY)

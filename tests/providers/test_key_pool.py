@@ -17,13 +17,17 @@ from llmproxy.server.errors import (
 )
 from llmproxy.server.providers.base import ProviderSettings
 from llmproxy.server.providers.errors import key_cooldown_s
-from llmproxy.server.providers.http import HttpClientSettings, build_http_client
 from llmproxy.server.providers.keys import MAX_COOLDOWN_S, KeyPool
 from llmproxy.server.providers.openai import OpenAIProvider
 from tests.fakes.openai_fake import REPLY, FakeConfig, openai_app
-from tests.providers.chat_harness import chat, collect, gateway_config
+from tests.providers.chat_harness import (
+    chat,
+    collect,
+    gateway_config,
+    http_fixture,
+    upstream_fixture,
+)
 from tests.support.running import running_client, settings_for
-from tests.support.upstream import serve_upstream
 
 GOOD_A, GOOD_B, GOOD_C = "sk-good-aaaa1111", "sk-good-bbbb2222", "sk-good-cccc3333"
 BAD, LIMITED, BROKE = "sk-revoked-dddd4444", "sk-limited-eeee5555", "sk-broke-ffff6666"
@@ -115,18 +119,9 @@ def test_exhausted_quota_rests_long():
 # --- against a fake that refuses some keys --------------------------------------------
 
 
-@pytest.fixture
-async def http():
-    client = build_http_client(HttpClientSettings(read_timeout_s=1.0))
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-async def upstream():
-    keys = {GOOD_A: "ok", GOOD_B: "ok", GOOD_C: "ok", BAD: "401", LIMITED: "429", BROKE: "quota"}
-    async with serve_upstream(openai_app(FakeConfig(keys=keys))) as fake:
-        yield fake
+KEYS = {GOOD_A: "ok", GOOD_B: "ok", GOOD_C: "ok", BAD: "401", LIMITED: "429", BROKE: "quota"}
+http = http_fixture(read_timeout_s=1.0)
+upstream = upstream_fixture(lambda: openai_app(FakeConfig(keys=KEYS)))
 
 
 def provider(upstream, http, keys: KeyPool) -> OpenAIProvider:

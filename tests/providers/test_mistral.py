@@ -23,27 +23,27 @@ from llmproxy.server.errors import (
     UpstreamUnavailableError,
 )
 from llmproxy.server.providers import mistral as wire
-from llmproxy.server.providers.http import HttpClientSettings, build_http_client
 from tests.fakes.mistral_fake import MISTRAL_KEY, MODELS, PROMPT_TOKENS, REPLY, mistral_app
-from tests.providers.chat_harness import chat, collect, gateway_config, make, partial
+from tests.providers.chat_harness import (
+    broken,
+    chat,
+    collect,
+    exact_answer,
+    gateway_config,
+    http_fixture,
+    make,
+    query_fails,
+    refused,
+    upstream_fixture,
+)
 from tests.support.running import running_client, settings_for
-from tests.support.upstream import serve_upstream
 
 FIXTURES = pathlib.Path(__file__).parent.parent / "fixtures" / "mistral"
 TEXT = "".join(REPLY)
 
 
-@pytest.fixture
-async def upstream():
-    async with serve_upstream(mistral_app()) as fake:
-        yield fake
-
-
-@pytest.fixture
-async def http():
-    client = build_http_client(HttpClientSettings(read_timeout_s=0.5))
-    yield client
-    await client.aclose()
+upstream = upstream_fixture(mistral_app)
+http = http_fixture()
 
 
 def provider(upstream, http, keys=(MISTRAL_KEY,), **options):
@@ -156,15 +156,12 @@ async def test_length_finish_and_chunked_content(upstream, http):
     ],
 )
 async def test_errors_before_the_stream(upstream, http, model, cls, status):
-    with pytest.raises(cls) as caught:
-        await collect(provider(upstream, http), chat(model))
-    assert caught.value.status == status
+    await refused(provider(upstream, http), chat(model), cls, status=status)
 
 
 async def test_wrong_key(upstream, http):
-    with pytest.raises(UpstreamAuthError) as caught:
-        await collect(provider(upstream, http, keys=("bad-mistral-key",)), chat("x"))
-    assert "bad-mistral-key" not in str(caught.value)
+    p = provider(upstream, http, keys=("bad-mistral-key",))
+    await refused(p, chat("x"), UpstreamAuthError, status=401, secret="bad-mistral-key")
 
 
 @pytest.mark.parametrize(
@@ -176,10 +173,8 @@ async def test_wrong_key(upstream, http):
     ],
 )
 async def test_errors_after_the_stream_started(upstream, http, model, cls):
-    received: list[str] = []
-    with pytest.raises(cls):
-        await partial(provider(upstream, http), chat(model), received)
-    assert TEXT.startswith("".join(received))
+    received = await broken(provider(upstream, http), chat(model), cls)
+    assert TEXT.startswith(received)
 
 
 async def test_list_models(upstream, http):
@@ -250,11 +245,6 @@ async def test_query_end_to_end_through_the_gateway(upstream):
     )
     async with running_client(settings_for(config)) as (_, client):
         result = await client.query("Say hello", model="mistral-small-latest", seed=11)
-        assert result.text == TEXT
-        meta = result.done.metadata
-        assert (meta.input_tokens, meta.output_tokens) == (PROMPT_TOKENS, len(REPLY))
-        assert not result.done.usage.estimated
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await client.query("hi", model="429")
-        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        exact_answer(result, TEXT, PROMPT_TOKENS, len(REPLY))
+        await query_fails(client, "429", grpc.StatusCode.RESOURCE_EXHAUSTED)
     assert orjson.loads(upstream.requests[0].body)["random_seed"] == 11

@@ -19,9 +19,19 @@ from llmproxy.server.errors import (
     UpstreamUnavailableError,
 )
 from llmproxy.server.providers import ollama as wire
-from llmproxy.server.providers.http import HttpClientSettings, build_http_client
 from tests.fakes.ollama_fake import MODELS, PROMPT_TOKENS, REPLY, ollama_app
-from tests.providers.chat_harness import chat, collect, gateway_config, make, partial
+from tests.providers.chat_harness import (
+    broken,
+    chat,
+    collect,
+    exact_answer,
+    gateway_config,
+    http_fixture,
+    make,
+    query_fails,
+    refused,
+    upstream_fixture,
+)
 from tests.support.running import running_client, settings_for
 from tests.support.upstream import serve_upstream
 
@@ -29,17 +39,8 @@ FIXTURES = pathlib.Path(__file__).parent.parent / "fixtures" / "ollama"
 TEXT = "".join(REPLY)
 
 
-@pytest.fixture
-async def upstream():
-    async with serve_upstream(ollama_app()) as fake:
-        yield fake
-
-
-@pytest.fixture
-async def http():
-    client = build_http_client(HttpClientSettings(read_timeout_s=0.5))
-    yield client
-    await client.aclose()
+upstream = upstream_fixture(ollama_app)
+http = http_fixture()
 
 
 def provider(upstream, http, keys=(), **options):
@@ -126,18 +127,16 @@ async def test_length_finish(upstream, http):
     assert (finish.reason, finish.raw_reason) == (FinishReason.LENGTH, "length")
 
 
-async def test_bearer_token_when_configured():
-    client = build_http_client(HttpClientSettings(read_timeout_s=0.5))
+async def test_bearer_token_when_configured(http):
     async with serve_upstream(ollama_app(token="ollama-cloud-key")) as fake:
         text, _, _ = await collect(
-            provider(fake, client, keys=("ollama-cloud-key",)), chat("llama3.2")
+            provider(fake, http, keys=("ollama-cloud-key",)), chat("llama3.2")
         )
         assert text == TEXT
         with pytest.raises(UpstreamAuthError):
-            await collect(provider(fake, client), chat("llama3.2"))
+            await collect(provider(fake, http), chat("llama3.2"))
         with pytest.raises(UpstreamAuthError):
-            await provider(fake, client, keys=("wrong",)).list_models()
-    await client.aclose()
+            await provider(fake, http, keys=("wrong",)).list_models()
 
 
 @pytest.mark.parametrize(
@@ -150,11 +149,10 @@ async def test_bearer_token_when_configured():
     ],
 )
 async def test_errors_before_the_stream(upstream, http, model, cls, status, needle):
-    with pytest.raises(cls) as caught:
-        await collect(provider(upstream, http), chat(model))
-    assert caught.value.status == status and needle in caught.value.message
+    error = await refused(provider(upstream, http), chat(model), cls, status=status)
+    assert needle in error.message
     if model == "429":
-        assert caught.value.retry_after == 3
+        assert error.retry_after == 3
 
 
 @pytest.mark.parametrize(
@@ -166,10 +164,8 @@ async def test_errors_before_the_stream(upstream, http, model, cls, status, need
     ],
 )
 async def test_errors_after_the_stream_started(upstream, http, model, cls):
-    received: list[str] = []
-    with pytest.raises(cls):
-        await partial(provider(upstream, http), chat(model), received)
-    assert TEXT.startswith("".join(received))
+    received = await broken(provider(upstream, http), chat(model), cls)
+    assert TEXT.startswith(received)
 
 
 async def test_list_models_from_tags(upstream, http):
@@ -220,11 +216,6 @@ async def test_query_end_to_end_through_the_gateway(upstream):
     )
     async with running_client(settings_for(config)) as (_, client):
         result = await client.query("Say hello", model="llama3.2", max_tokens=40)
-        assert result.text == TEXT
-        meta = result.done.metadata
-        assert (meta.input_tokens, meta.output_tokens) == (PROMPT_TOKENS, len(REPLY))
-        assert not result.done.usage.estimated
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await client.query("hi", model="busy")
-        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        exact_answer(result, TEXT, PROMPT_TOKENS, len(REPLY))
+        await query_fails(client, "busy", grpc.StatusCode.UNAVAILABLE)
     assert orjson.loads(upstream.requests[0].body)["options"] == {"num_predict": 40}

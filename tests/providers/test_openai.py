@@ -25,10 +25,20 @@ from llmproxy.server.errors import (
     UpstreamUnavailableError,
 )
 from llmproxy.server.providers import openai as wire
-from llmproxy.server.providers.http import HttpClientSettings, build_http_client
 from llmproxy.server.providers.openai_compat import ChunkDecoder, parse_error_body
 from tests.fakes.openai_fake import API_KEY, MODELS, PROMPT_TOKENS, REPLY, openai_app
-from tests.providers.chat_harness import chat, collect, gateway_config, make, partial
+from tests.providers.chat_harness import (
+    broken,
+    chat,
+    collect,
+    exact_answer,
+    gateway_config,
+    http_fixture,
+    make,
+    query_fails,
+    refused,
+    upstream_fixture,
+)
 from tests.support.running import running_client, settings_for
 from tests.support.upstream import serve_upstream
 
@@ -36,17 +46,8 @@ FIXTURES = pathlib.Path(__file__).parent.parent / "fixtures" / "openai"
 TEXT = "".join(REPLY)
 
 
-@pytest.fixture
-async def upstream():
-    async with serve_upstream(openai_app()) as fake:
-        yield fake
-
-
-@pytest.fixture
-async def http():
-    client = build_http_client(HttpClientSettings(read_timeout_s=0.5))
-    yield client
-    await client.aclose()
+upstream = upstream_fixture(openai_app)
+http = http_fixture()
 
 
 def provider(upstream, http, **options):
@@ -225,14 +226,11 @@ async def test_trace_headers_are_forwarded(upstream, http):
     ],
 )
 async def test_errors_before_the_stream(upstream, http, model, cls, status, retry_after):
-    with pytest.raises(cls) as caught:
-        await collect(provider(upstream, http), chat(model))
-    assert caught.value.status == status
-    assert caught.value.retry_after == retry_after
-    assert API_KEY not in str(caught.value)
+    error = await refused(provider(upstream, http), chat(model), cls, status=status, secret=API_KEY)
+    assert error.retry_after == retry_after
     if model == "quota":
-        assert not caught.value.retryable
-        assert caught.value.metadata["upstream_code"] == "insufficient_quota"
+        assert not error.retryable
+        assert error.metadata["upstream_code"] == "insufficient_quota"
 
 
 async def test_unsupported_parameter_is_invalid_request(upstream, http):
@@ -252,17 +250,15 @@ async def test_unsupported_parameter_is_invalid_request(upstream, http):
     ],
 )
 async def test_errors_after_text_arrived(upstream, http, model, cls):
-    received: list[str] = []
     started = time.perf_counter()
-    with pytest.raises(cls):
-        await partial(provider(upstream, http), chat(model), received)
+    received = await broken(provider(upstream, http), chat(model), cls)
     # A stream that stops without its terminator ends in an error, bounded by the read timeout.
     assert time.perf_counter() - started < 2.0
     # Text sent before the failure is delivered, unless the failure came in the same read.
     expected = "".join(REPLY[: {"malformed": 2, "truncated": len(REPLY)}.get(model, 3)])
-    assert expected.startswith("".join(received))
+    assert expected.startswith(received)
     if model in ("truncated", "reset", "stall"):
-        assert "".join(received) == expected
+        assert received == expected
 
 
 async def test_list_models(upstream, http):
@@ -374,15 +370,9 @@ async def test_query_end_to_end_through_the_gateway(upstream):
     )
     async with running_client(settings_for(config)) as (_, client):
         result = await client.query("Say hello", model="o3-mini", max_tokens=50)
-        assert result.text == TEXT
-        meta = result.done.metadata
-        assert (meta.input_tokens, meta.output_tokens) == (PROMPT_TOKENS, len(REPLY))
-        assert not result.done.usage.estimated
+        exact_answer(result, TEXT, PROMPT_TOKENS, len(REPLY))
         assert result.done.provider == "openai"
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await client.query("hi", model="quota")
-        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert API_KEY not in caught.value.details()
+        await query_fails(client, "quota", grpc.StatusCode.RESOURCE_EXHAUSTED, API_KEY)
     sent = orjson.loads(upstream.requests[0].body)
     assert sent["max_completion_tokens"] == 50 and "max_tokens" not in sent
     assert upstream.requests[0].headers["openai-organization"] == "org-42"

@@ -13,10 +13,16 @@ import pytest
 
 from llmproxy.server.domain import FinishReason, Usage
 from llmproxy.server.errors import UpstreamInvalidRequestError, UpstreamUnavailableError
-from llmproxy.server.providers.http import HttpClientSettings, build_http_client
 from llmproxy.server.providers.openai_compat import ChunkDecoder, OpenAICompatibleProvider
 from tests.fakes.openai_fake import API_KEY, PROMPT_TOKENS, REPLY, FakeConfig, openai_app
-from tests.providers.chat_harness import chat, collect, gateway_config, make
+from tests.providers.chat_harness import (
+    chat,
+    collect,
+    exact_answer,
+    gateway_config,
+    http_fixture,
+    make,
+)
 from tests.support.running import running_client, settings_for
 from tests.support.upstream import serve_upstream
 
@@ -24,11 +30,7 @@ TEXT = "".join(REPLY)
 OPENROUTER_HEADERS = {"http-referer": "https://llmproxy.example", "x-title": "llmproxy"}
 
 
-@pytest.fixture
-async def http():
-    client = build_http_client(HttpClientSettings(read_timeout_s=0.5))
-    yield client
-    await client.aclose()
+http = http_fixture()
 
 
 def generic(base_url, http, keys=(API_KEY,), headers=None, **options):
@@ -167,7 +169,4 @@ async def test_query_end_to_end_through_the_gateway():
         async with running_client(settings) as (_, client):
             for model in ("ok", "keepalive"):
                 result = await client.query("Say hello", model=model)
-                assert result.text == TEXT
-                meta = result.done.metadata
-                assert (meta.input_tokens, meta.output_tokens) == (PROMPT_TOKENS, len(REPLY))
-                assert not result.done.usage.estimated
+                exact_answer(result, TEXT, PROMPT_TOKENS, len(REPLY))
