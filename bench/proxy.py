@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -240,6 +241,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--label", default="", help="a name for this run in the JSON")
     parser.add_argument("--baseline", type=Path, help="an earlier JSON result to compare with")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results")
+    parser.add_argument(
+        "--keep-logs", action="store_true", help="keep process and h2load logs of a good run"
+    )
     return parser.parse_args(argv)
 
 
@@ -258,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             gateway.stop()
     except BenchError as error:
-        print(f"benchmark invalid: {error}", file=sys.stderr)
+        print(f"benchmark invalid: {error}\nlogs kept in {workdir}", file=sys.stderr)
         return 1
     finally:
         upstream.stop()
@@ -285,6 +289,11 @@ def main(argv: list[str] | None = None) -> int:
     baseline = orjson.loads(args.baseline.read_bytes()) if args.baseline else None
     print(render_markdown(report, baseline))
     print(f"\nJSON: {path}", file=sys.stderr)
+    if args.keep_logs:
+        print(f"logs: {workdir}", file=sys.stderr)
+    else:
+        # Per-request logs, the access log and the ledger run to ~20 MB per run.
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
