@@ -26,7 +26,8 @@ import asyncio
 import orjson
 from aiohttp import web
 
-from tests.support.upstream import FAKE, record
+from tests.fakes.common import json_error, streaming, typed_sse, wait_for_disconnect
+from tests.support.upstream import record
 
 API_KEY = "sk-ant-test-fake-key-0123456789"
 VERSIONS = {"2023-06-01", "2026-10-21"}  # documented, and what the current SDK sends
@@ -59,16 +60,7 @@ def error_body(type_: str, message: str) -> bytes:
 
 
 def error_response(status: int, type_: str, message: str, **headers: str) -> web.Response:
-    return web.Response(
-        status=status,
-        headers={"request-id": "req_fake", **headers},
-        content_type="application/json",
-        body=error_body(type_, message),
-    )
-
-
-def sse(name: str, data: dict) -> bytes:
-    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+    return json_error(status, error_body(type_, message), {"request-id": "req_fake", **headers})
 
 
 def check_auth(headers: dict[str, str]) -> web.Response | None:
@@ -173,24 +165,15 @@ async def messages(request: web.Request) -> web.StreamResponse:
 
 
 async def _stream(request: web.Request, body: dict) -> web.StreamResponse:
-    fake = request.app[FAKE]
     model = body["model"]
-    response = web.StreamResponse(
-        headers={
-            "content-type": "text/event-stream; charset=utf-8",
-            "cache-control": "no-cache",
-            "request-id": "req_fake",
-        }
-    )
-    await response.prepare(request)
-    fake.open_streams += 1
-    fake.event(f"started:{model}").set()
-    try:
+    headers = {
+        "content-type": "text/event-stream; charset=utf-8",
+        "cache-control": "no-cache",
+        "request-id": "req_fake",
+    }
+    async with streaming(request, model, headers) as response:
         if model == "hang":
-            # aiohttp does not cancel handlers on disconnect, so watch the socket.
-            while request.transport is not None and not request.transport.is_closing():  # noqa: ASYNC110
-                await asyncio.sleep(0.02)
-            raise ConnectionResetError
+            await wait_for_disconnect(request)
         usage = {
             "input_tokens": INPUT_TOKENS,
             "cache_creation_input_tokens": 0,
@@ -198,8 +181,7 @@ async def _stream(request: web.Request, body: dict) -> web.StreamResponse:
             "output_tokens": 1,
         }
         await response.write(
-            sse(
-                "message_start",
+            typed_sse(
                 {
                     "type": "message_start",
                     "message": {
@@ -212,19 +194,18 @@ async def _stream(request: web.Request, body: dict) -> web.StreamResponse:
                         "stop_sequence": None,
                         "usage": usage,
                     },
-                },
+                }
             )
         )
         index = 0
         if model == "thinking":
             await response.write(
-                sse(
-                    "content_block_start",
+                typed_sse(
                     {
                         "type": "content_block_start",
                         "index": 0,
                         "content_block": {"type": "thinking", "thinking": "", "signature": ""},
-                    },
+                    }
                 )
             )
             for delta in (
@@ -232,26 +213,20 @@ async def _stream(request: web.Request, body: dict) -> web.StreamResponse:
                 {"type": "signature_delta", "signature": "EqQBCgIYAhIM"},
             ):
                 await response.write(
-                    sse(
-                        "content_block_delta",
-                        {"type": "content_block_delta", "index": 0, "delta": delta},
-                    )
+                    typed_sse({"type": "content_block_delta", "index": 0, "delta": delta})
                 )
-            await response.write(
-                sse("content_block_stop", {"type": "content_block_stop", "index": 0})
-            )
+            await response.write(typed_sse({"type": "content_block_stop", "index": 0}))
             index = 1
         await response.write(
-            sse(
-                "content_block_start",
+            typed_sse(
                 {
                     "type": "content_block_start",
                     "index": index,
                     "content_block": {"type": "text", "text": ""},
-                },
+                }
             )
         )
-        await response.write(sse("ping", {"type": "ping"}))
+        await response.write(typed_sse({"type": "ping"}))
         reply = REPLY * 8 if model == "slow" else REPLY
         for i, word in enumerate(reply):
             if model == "slow":
@@ -261,12 +236,11 @@ async def _stream(request: web.Request, body: dict) -> web.StreamResponse:
                 return response
             if model == "mid-stream-error" and i == 3:
                 await response.write(
-                    sse(
-                        "error",
+                    typed_sse(
                         {
                             "type": "error",
                             "error": {"type": "overloaded_error", "message": "Overloaded"},
-                        },
+                        }
                     )
                 )
                 return response
@@ -275,18 +249,15 @@ async def _stream(request: web.Request, body: dict) -> web.StreamResponse:
                 request.transport.abort()
                 return response
             await response.write(
-                sse(
-                    "content_block_delta",
+                typed_sse(
                     {
                         "type": "content_block_delta",
                         "index": index,
                         "delta": {"type": "text_delta", "text": word},
-                    },
+                    }
                 )
             )
-        await response.write(
-            sse("content_block_stop", {"type": "content_block_stop", "index": index})
-        )
+        await response.write(typed_sse({"type": "content_block_stop", "index": index}))
         if model == "truncated":
             return response
         stop_reason, stop_sequence = "end_turn", None
@@ -297,23 +268,16 @@ async def _stream(request: web.Request, body: dict) -> web.StreamResponse:
         elif model == "refusal":
             stop_reason = "refusal"
         await response.write(
-            sse(
-                "message_delta",
+            typed_sse(
                 {
                     "type": "message_delta",
                     "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
                     "usage": {"output_tokens": len(reply)},
-                },
+                }
             )
         )
-        await response.write(sse("message_stop", {"type": "message_stop"}))
+        await response.write(typed_sse({"type": "message_stop"}))
         return response
-    except (ConnectionResetError, asyncio.CancelledError):
-        fake.disconnects += 1
-        fake.event(f"disconnected:{model}").set()
-        raise
-    finally:
-        fake.open_streams -= 1
 
 
 async def list_models(request: web.Request) -> web.Response:

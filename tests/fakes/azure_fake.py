@@ -16,13 +16,12 @@ choice. The deployment name picks a scenario:
 
 from __future__ import annotations
 
-import asyncio
-
 import orjson
 from aiohttp import web
 
-from tests.fakes.openai_fake import REPLY, FakeConfig, json_error, usage_of, validate_body
-from tests.support.upstream import FAKE, record
+from tests.fakes.common import json_error, sse, streaming
+from tests.fakes.openai_fake import REPLY, FakeConfig, usage_of, validate_body
+from tests.support.upstream import record
 
 AZURE_KEY = "0123456789abcdef0123456789abcdef"
 API_VERSIONS = {"2024-06-01", "2024-10-21", "2025-01-01-preview", "2025-04-01-preview"}
@@ -48,10 +47,6 @@ def azure_error(http_status: int, code: str, message: str, **extra) -> web.Respo
     return json_error(
         http_status, orjson.dumps({"error": {"code": code, "message": message, **extra}}), None
     )
-
-
-def sse(obj: dict) -> bytes:
-    return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
 def azure_chunk(model: str, delta: dict, finish: str | None = None) -> bytes:
@@ -150,11 +145,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 
 async def stream_answer(request: web.Request, body: dict, deployment: str) -> web.StreamResponse:
-    fake = request.app[FAKE]
-    response = web.StreamResponse(headers={"content-type": "text/event-stream"})
-    await response.prepare(request)
     model = "gpt-4o-mini-2024-07-18"
-    try:
+    async with streaming(request, deployment, {"content-type": "text/event-stream"}) as response:
         await response.write(
             sse(
                 {
@@ -200,9 +192,6 @@ async def stream_answer(request: web.Request, body: dict, deployment: str) -> we
             )
         await response.write(b"data: [DONE]\n\n")
         return response
-    except (ConnectionResetError, asyncio.CancelledError):
-        fake.disconnects += 1
-        raise
 
 
 async def models(request: web.Request) -> web.Response:

@@ -17,7 +17,6 @@ signing name. Bedrock API keys (Bearer) are accepted too. Answers are
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import itertools
 import re
@@ -30,7 +29,8 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from tests.support.upstream import FAKE, record
+from tests.fakes.common import json_error, streaming
+from tests.support.upstream import record
 
 ACCESS_KEY = "AKIAFAKEBEDROCK12345"
 SECRET_KEY = "fakeSecret/Key+With/Slashes0123456789abcd"
@@ -93,14 +93,8 @@ def exception(kind: str, message: str) -> bytes:
 
 
 def aws_error(status: int, kind: str, message: str) -> web.Response:
-    return web.Response(
-        status=status,
-        headers={
-            "x-amzn-ErrorType": f"{kind}:http://internal.amazon.com/coral/com.amazon.bedrock/"
-        },
-        content_type="application/json",
-        body=orjson.dumps({"message": message}),
-    )
+    error_type = f"{kind}:http://internal.amazon.com/coral/com.amazon.bedrock/"
+    return json_error(status, orjson.dumps({"message": message}), {"x-amzn-ErrorType": error_type})
 
 
 def signature_problem(request: web.Request, headers: dict[str, str], body: bytes) -> str | None:
@@ -181,12 +175,8 @@ async def converse_stream(request: web.Request) -> web.StreamResponse:
 
 
 async def stream_answer(request: web.Request, body: dict, model: str) -> web.StreamResponse:
-    fake = request.app[FAKE]
-    response = web.StreamResponse(
-        headers={"content-type": "application/vnd.amazon.eventstream", "x-amzn-requestid": "1"}
-    )
-    await response.prepare(request)
-    try:
+    headers = {"content-type": "application/vnd.amazon.eventstream", "x-amzn-requestid": "1"}
+    async with streaming(request, model, headers) as response:
         await response.write(event("messageStart", {"role": "assistant"}))
         for i, word in enumerate(REPLY):
             if i == 3 and model == "stream-throttle":
@@ -215,9 +205,6 @@ async def stream_answer(request: web.Request, body: dict, model: str) -> web.Str
         }
         await response.write(event("metadata", {"usage": usage, "metrics": {"latencyMs": 321}}))
         return response
-    except (ConnectionResetError, asyncio.CancelledError):
-        fake.disconnects += 1
-        raise
 
 
 async def foundation_models(request: web.Request) -> web.Response:

@@ -24,7 +24,8 @@ import asyncio
 import orjson
 from aiohttp import web
 
-from tests.support.upstream import FAKE, record
+from tests.fakes.common import json_error, streaming, typed_sse, wait_for_disconnect
+from tests.support.upstream import record
 
 API_KEY = "co-test-fake-key-0123456789"
 REPLY = ["Hello", " from", " the", " fake", " Command", "."]
@@ -58,16 +59,7 @@ ROLES = {"system", "user", "assistant", "tool"}
 
 
 def error_response(status: int, message: str, **headers: str) -> web.Response:
-    return web.Response(
-        status=status,
-        headers=headers,
-        content_type="application/json",
-        body=orjson.dumps({"id": "a5b8f4b2-fake", "message": message}),
-    )
-
-
-def event(data: dict) -> bytes:
-    return b"event: " + data["type"].encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+    return json_error(status, orjson.dumps({"id": "a5b8f4b2-fake", "message": message}), headers)
 
 
 def _content_ok(content: object) -> bool:
@@ -158,20 +150,11 @@ async def chat(request: web.Request) -> web.StreamResponse:
 
 
 async def _stream(request: web.Request, body: dict) -> web.StreamResponse:
-    fake = request.app[FAKE]
     model = body["model"]
-    response = web.StreamResponse(
-        headers={"content-type": "text/event-stream", "cache-control": "no-cache"}
-    )
-    await response.prepare(request)
-    fake.open_streams += 1
-    fake.event(f"started:{model}").set()
-    try:
+    headers = {"content-type": "text/event-stream", "cache-control": "no-cache"}
+    async with streaming(request, model, headers) as response:
         if model == "hang":
-            # aiohttp does not cancel handlers on disconnect, so watch the socket.
-            while request.transport is not None and not request.transport.is_closing():  # noqa: ASYNC110
-                await asyncio.sleep(0.02)
-            raise ConnectionResetError
+            await wait_for_disconnect(request)
         start = {
             "id": "c14c80c3-18eb-4519-9460-6c92edd8cfb4",
             "type": "message-start",
@@ -185,7 +168,7 @@ async def _stream(request: web.Request, body: dict) -> web.StreamResponse:
                 }
             },
         }
-        await response.write(event(start))
+        await response.write(typed_sse(start))
         index = 0
         if model == "thinking":
             for data in (
@@ -201,10 +184,10 @@ async def _stream(request: web.Request, body: dict) -> web.StreamResponse:
                 },
                 {"type": "content-end", "index": 0},
             ):
-                await response.write(event(data))
+                await response.write(typed_sse(data))
             index = 1
         await response.write(
-            event(
+            typed_sse(
                 {
                     "type": "content-start",
                     "index": index,
@@ -225,7 +208,7 @@ async def _stream(request: web.Request, body: dict) -> web.StreamResponse:
                 return response
             if model == "mid-stream-error" and i == 3:
                 await response.write(
-                    event(
+                    typed_sse(
                         {
                             "type": "message-end",
                             "delta": {
@@ -238,7 +221,7 @@ async def _stream(request: web.Request, body: dict) -> web.StreamResponse:
                 await response.write(b"data: [DONE]\n\n")
                 return response
             await response.write(
-                event(
+                typed_sse(
                     {
                         "type": "content-delta",
                         "index": index,
@@ -246,7 +229,7 @@ async def _stream(request: web.Request, body: dict) -> web.StreamResponse:
                     }
                 )
             )
-        await response.write(event({"type": "content-end", "index": index}))
+        await response.write(typed_sse({"type": "content-end", "index": index}))
         if model == "truncated":
             return response
         max_tokens = body.get("max_tokens")
@@ -262,16 +245,10 @@ async def _stream(request: web.Request, body: dict) -> web.StreamResponse:
             "cached_tokens": 0,
         }
         await response.write(
-            event({"type": "message-end", "delta": {"finish_reason": finish, "usage": usage}})
+            typed_sse({"type": "message-end", "delta": {"finish_reason": finish, "usage": usage}})
         )
         await response.write(b"data: [DONE]\n\n")
         return response
-    except (ConnectionResetError, asyncio.CancelledError):
-        fake.disconnects += 1
-        fake.event(f"disconnected:{model}").set()
-        raise
-    finally:
-        fake.open_streams -= 1
 
 
 async def list_models(request: web.Request) -> web.Response:

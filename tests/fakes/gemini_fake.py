@@ -27,7 +27,8 @@ import asyncio
 import orjson
 from aiohttp import web
 
-from tests.support.upstream import FAKE, record
+from tests.fakes.common import json_error, sse, streaming, wait_for_disconnect
+from tests.support.upstream import record
 
 API_KEY = "AIzaSy-test-fake-key-0123456789"
 VERSIONS = {"v1", "v1beta"}
@@ -72,11 +73,7 @@ def error_response(code: int, message: str, status: str = "", *details: dict) ->
     error = {"code": code, "message": message, "status": status or STATUS.get(code, "INTERNAL")}
     if details:
         error["details"] = list(details)
-    return web.Response(
-        status=code,
-        content_type="application/json",
-        body=orjson.dumps({"error": error}, option=orjson.OPT_INDENT_2),
-    )
+    return json_error(code, orjson.dumps({"error": error}, option=orjson.OPT_INDENT_2))
 
 
 def bad_key() -> web.Response:
@@ -184,7 +181,7 @@ def response(model: str, parts: list[dict] | None, finish: str | None, use: dict
 
 
 def frame(obj: dict) -> bytes:
-    return b"data: " + orjson.dumps(obj) + b"\r\n\r\n"
+    return sse(obj, eol=b"\r\n")
 
 
 def preflight(model: str) -> web.Response | None:
@@ -242,19 +239,10 @@ async def generate(request: web.Request) -> web.StreamResponse:
 
 
 async def _stream(request: web.Request, model: str, finish: str) -> web.StreamResponse:
-    fake = request.app[FAKE]
-    out = web.StreamResponse(
-        headers={"content-type": "text/event-stream", "x-content-type-options": "nosniff"}
-    )
-    await out.prepare(request)
-    fake.open_streams += 1
-    fake.event(f"started:{model}").set()
-    try:
+    headers = {"content-type": "text/event-stream", "x-content-type-options": "nosniff"}
+    async with streaming(request, model, headers) as out:
         if model == "hang":
-            # aiohttp does not cancel handlers on disconnect, so watch the socket.
-            while request.transport is not None and not request.transport.is_closing():  # noqa: ASYNC110
-                await asyncio.sleep(0.02)
-            raise ConnectionResetError
+            await wait_for_disconnect(request)
         if model == "blocked":
             await out.write(
                 frame(
@@ -305,12 +293,6 @@ async def _stream(request: web.Request, model: str, finish: str) -> web.StreamRe
             use = usage(i + 1, thoughts) if done or model != "usage-at-end" else None
             await out.write(frame(response(model, [{"text": word}], finish if done else None, use)))
         return out
-    except (ConnectionResetError, asyncio.CancelledError):
-        fake.disconnects += 1
-        fake.event(f"disconnected:{model}").set()
-        raise
-    finally:
-        fake.open_streams -= 1
 
 
 async def list_models(request: web.Request) -> web.Response:

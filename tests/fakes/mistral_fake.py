@@ -17,14 +17,13 @@ a scenario:
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import orjson
 from aiohttp import web
 
-from tests.fakes.openai_fake import json_error
-from tests.support.upstream import FAKE, record
+from tests.fakes.common import json_error, sse, streaming
+from tests.support.upstream import record
 
 MISTRAL_KEY = "mistral-test-key-9876543210"
 REPLY = ["Bonjour", " depuis", " le", " faux", " Mistral", "."]
@@ -98,7 +97,7 @@ def chunk(model: str, delta: dict, finish: str | None = None, usage: dict | None
     }
     if usage is not None:
         body["usage"] = usage
-    return b"data: " + orjson.dumps(body) + b"\n\n"
+    return sse(body)
 
 
 def scenario_error(model: str) -> web.Response | None:
@@ -134,10 +133,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     model = body["model"]
     if (error := scenario_error(model)) is not None:
         return error
-    fake = request.app[FAKE]
-    response = web.StreamResponse(headers={"content-type": "text/event-stream; charset=utf-8"})
-    await response.prepare(request)
-    try:
+    headers = {"content-type": "text/event-stream; charset=utf-8"}
+    async with streaming(request, model, headers) as response:
         await response.write(chunk(model, {"role": "assistant", "content": ""}))
         for i, word in enumerate(REPLY):
             if model == "malformed" and i == 2:
@@ -163,9 +160,6 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         await response.write(chunk(model, {"content": ""}, finish, usage))
         await response.write(b"data: [DONE]\n\n")
         return response
-    except (ConnectionResetError, asyncio.CancelledError):
-        fake.disconnects += 1
-        raise
 
 
 async def models(request: web.Request) -> web.Response:

@@ -15,12 +15,11 @@ it demands a Bearer token as ollama.com does. The model name picks a scenario:
 
 from __future__ import annotations
 
-import asyncio
-
 import orjson
 from aiohttp import web
 
-from tests.support.upstream import FAKE, record
+from tests.fakes.common import json_error, streaming
+from tests.support.upstream import record
 
 REPLY = ["Hi", " from", " the", " fake", " llama", "."]
 PROMPT_TOKENS = 26
@@ -42,12 +41,7 @@ TOKEN = web.AppKey("ollama_token", str)
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        status=status,
-        headers=headers,
-        content_type="application/json",
-        body=orjson.dumps({"error": message}),
-    )
+    return json_error(status, orjson.dumps({"error": message}), headers)
 
 
 def line(obj: dict) -> bytes:
@@ -105,12 +99,9 @@ async def chat(request: web.Request) -> web.StreamResponse:
 
 
 async def stream_answer(request: web.Request, body: dict) -> web.StreamResponse:
-    fake = request.app[FAKE]
     model = body["model"]
-    response = web.StreamResponse(headers={"content-type": "application/x-ndjson"})
-    await response.prepare(request)
     created = "2025-01-10T12:00:00.000000Z"
-    try:
+    async with streaming(request, model, {"content-type": "application/x-ndjson"}) as response:
         for i, word in enumerate(REPLY):
             if model == "malformed" and i == 2:
                 await response.write(b'{"model": not json\n')
@@ -145,9 +136,6 @@ async def stream_answer(request: web.Request, body: dict) -> web.StreamResponse:
             )
         )
         return response
-    except (ConnectionResetError, asyncio.CancelledError):
-        fake.disconnects += 1
-        raise
 
 
 async def tags(request: web.Request) -> web.Response:

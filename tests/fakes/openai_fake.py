@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 import orjson
 from aiohttp import web
 
-from tests.support.upstream import FAKE, record
+from tests.fakes.common import json_error, sse, streaming, wait_for_disconnect
+from tests.support.upstream import record
 
 API_KEY = "sk-test-fake-key-0123456789"
 REPLY = ["Hello", " from", " the", " fake", " upstream", "."]
@@ -85,10 +86,6 @@ def error_body(
     )
 
 
-def json_error(status: int, body: bytes, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, headers=headers, content_type="application/json", body=body)
-
-
 def chunk(model: str, delta: dict, finish: str | None = None, usage: dict | None = None) -> bytes:
     body = {
         "id": "chatcmpl-fake123",
@@ -102,7 +99,7 @@ def chunk(model: str, delta: dict, finish: str | None = None, usage: dict | None
     }
     if usage is not None:
         body["usage"] = usage
-    return b"data: " + orjson.dumps(body) + b"\n\n"
+    return sse(body)
 
 
 def usage_of(completion_tokens: int) -> dict:
@@ -265,7 +262,6 @@ def scenario_error(model: str) -> web.Response | None:
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     entry = await record(request)
-    fake = request.app[FAKE]
     config = request.app.get(CONFIG) or FakeConfig()
     try:
         body = orjson.loads(entry.body)
@@ -294,18 +290,13 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         )
     if (error := scenario_error(model)) is not None:
         return error
-    return await stream_answer(request, body, fake, config)
+    return await stream_answer(request, body, config)
 
 
-async def stream_answer(request, body, fake, config: FakeConfig) -> web.StreamResponse:
+async def stream_answer(request, body, config: FakeConfig) -> web.StreamResponse:
     model = body["model"]
-    response = web.StreamResponse(
-        headers={"content-type": "text/event-stream", "cache-control": "no-cache"}
-    )
-    await response.prepare(request)
-    fake.open_streams += 1
-    fake.event(f"started:{model}").set()
-    try:
+    headers = {"content-type": "text/event-stream", "cache-control": "no-cache"}
+    async with streaming(request, model, headers) as response:
         if model == "hang":
             await wait_for_disconnect(request)
         reply = REPLY * 8 if model == "slow" else REPLY
@@ -345,19 +336,6 @@ async def stream_answer(request, body, fake, config: FakeConfig) -> web.StreamRe
                 await response.write(chunk(model, {}, usage=usage_of(len(reply))))
         await response.write(b"data: [DONE]\n\n")
         return response
-    except (ConnectionResetError, asyncio.CancelledError):
-        fake.disconnects += 1
-        fake.event(f"disconnected:{model}").set()
-        raise
-    finally:
-        fake.open_streams -= 1
-
-
-async def wait_for_disconnect(request: web.Request) -> None:
-    # aiohttp does not cancel handlers on disconnect and offers no event for it: poll.
-    while request.transport is not None and not request.transport.is_closing():  # noqa: ASYNC110
-        await asyncio.sleep(0.02)
-    raise ConnectionResetError
 
 
 async def models(request: web.Request) -> web.Response:
