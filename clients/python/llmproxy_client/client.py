@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -102,7 +103,32 @@ def _metadata(
     return md + list(extra)
 
 
-class AsyncLLMProxyClient:
+class _Client:
+    """What both clients share: the stub, the caller's key, the default deadline, and the
+    per-call options built from them."""
+
+    def __init__(
+        self, channel: Any, api_key: str | None, api_key_header: str, timeout: float | None
+    ) -> None:
+        self.channel = channel
+        self.stub = llmproxy_pb2_grpc.LLMProxyStub(channel)
+        self.api_key = api_key
+        if api_key_header not in API_KEY_HEADERS:
+            raise ValueError(f"api_key_header must be one of {API_KEY_HEADERS}")
+        self.api_key_header = api_key_header
+        self.timeout = timeout
+
+    def _options(
+        self, timeout: float | None, metadata: Sequence[tuple[str, str]] = ()
+    ) -> dict[str, Any]:
+        """`timeout` (or the client's default) and the key followed by `metadata`."""
+        return {
+            "timeout": timeout or self.timeout,
+            "metadata": _metadata(self.api_key, metadata, self.api_key_header),
+        }
+
+
+class AsyncLLMProxyClient(_Client):
     """Async client; use as `async with AsyncLLMProxyClient("localhost:50051") as client:`."""
 
     def __init__(
@@ -121,13 +147,7 @@ class AsyncLLMProxyClient:
                 if credentials
                 else grpc.aio.insecure_channel(target)
             )
-        self.channel = channel
-        self.stub = llmproxy_pb2_grpc.LLMProxyStub(channel)
-        self.api_key = api_key
-        if api_key_header not in API_KEY_HEADERS:
-            raise ValueError(f"api_key_header must be one of {API_KEY_HEADERS}")
-        self.api_key_header = api_key_header
-        self.timeout = timeout
+        super().__init__(channel, api_key, api_key_header, timeout)
 
     async def __aenter__(self) -> AsyncLLMProxyClient:
         return self
@@ -146,20 +166,13 @@ class AsyncLLMProxyClient:
         metadata: Sequence[tuple[str, str]] = (),
     ) -> AsyncIterator[pb.QueryResponse]:
         """Query events as they arrive: start, deltas, done."""
-        return self.stub.Query(
-            request,
-            timeout=timeout or self.timeout,
-            metadata=_metadata(self.api_key, metadata, self.api_key_header),
-        )
+        return self.stub.Query(request, **self._options(timeout, metadata))
 
     async def query(self, query: str = "", **kwargs) -> QueryResult:
         """Send a Query and gather the whole answer."""
-        timeout = kwargs.pop("timeout", None)
-        metadata = kwargs.pop("metadata", ())
+        options = {"timeout": kwargs.pop("timeout", None), "metadata": kwargs.pop("metadata", ())}
         request = build_query_request(query, **kwargs)
-        return to_result(
-            [e async for e in self.stream(request, timeout=timeout, metadata=metadata)]
-        )
+        return to_result([e async for e in self.stream(request, **options)])
 
     def parallel(
         self,
@@ -168,20 +181,12 @@ class AsyncLLMProxyClient:
         timeout: float | None = None,
         metadata: Sequence[tuple[str, str]] = (),
     ) -> AsyncIterator[pb.ParallelQueryResponse]:
-        return self.stub.ParallelQuery(
-            request,
-            timeout=timeout or self.timeout,
-            metadata=_metadata(self.api_key, metadata, self.api_key_header),
-        )
+        return self.stub.ParallelQuery(request, **self._options(timeout, metadata))
 
     async def status(
         self, *, refresh: bool = False, timeout: float | None = None
     ) -> pb.StatusResponse:
-        return await self.stub.Status(
-            pb.StatusRequest(refresh=refresh),
-            timeout=timeout or self.timeout,
-            metadata=_metadata(self.api_key, (), self.api_key_header),
-        )
+        return await self.stub.Status(pb.StatusRequest(refresh=refresh), **self._options(timeout))
 
     async def download(
         self,
@@ -191,11 +196,8 @@ class AsyncLLMProxyClient:
         *,
         timeout: float | None = None,
     ) -> pb.DownloadResponse:
-        return await self.stub.Download(
-            pb.DownloadRequest(content=content, format=fmt, filename=filename),
-            timeout=timeout or self.timeout,
-            metadata=_metadata(self.api_key, (), self.api_key_header),
-        )
+        request = pb.DownloadRequest(content=content, format=fmt, filename=filename)
+        return await self.stub.Download(request, **self._options(timeout))
 
     async def usage(
         self,
@@ -207,14 +209,11 @@ class AsyncLLMProxyClient:
         timeout: float | None = None,
     ) -> pb.GetUsageResponse:
         """Spend and tokens by UTC day, key and model from the gateway's usage ledger."""
-        return await self.stub.GetUsage(
-            build_usage_request(start, end, key_id, model),
-            timeout=timeout or self.timeout,
-            metadata=_metadata(self.api_key, (), self.api_key_header),
-        )
+        request = build_usage_request(start, end, key_id, model)
+        return await self.stub.GetUsage(request, **self._options(timeout))
 
 
-class LLMProxyClient:
+class LLMProxyClient(_Client):
     """Blocking client for scripts; same methods as the async one."""
 
     def __init__(
@@ -226,17 +225,12 @@ class LLMProxyClient:
         timeout: float | None = None,
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
-        self.channel = (
+        channel = (
             grpc.secure_channel(target, credentials)
             if credentials
             else grpc.insecure_channel(target)
         )
-        self.stub = llmproxy_pb2_grpc.LLMProxyStub(self.channel)
-        self.api_key = api_key
-        if api_key_header not in API_KEY_HEADERS:
-            raise ValueError(f"api_key_header must be one of {API_KEY_HEADERS}")
-        self.api_key_header = api_key_header
-        self.timeout = timeout
+        super().__init__(channel, api_key, api_key_header, timeout)
 
     def __enter__(self) -> LLMProxyClient:
         return self
@@ -254,33 +248,20 @@ class LLMProxyClient:
         timeout: float | None = None,
         metadata: Sequence[tuple[str, str]] = (),
     ) -> Iterator[pb.QueryResponse]:
-        return self.stub.Query(
-            request,
-            timeout=timeout or self.timeout,
-            metadata=_metadata(self.api_key, metadata, self.api_key_header),
-        )
+        return self.stub.Query(request, **self._options(timeout, metadata))
 
     def query(self, query: str = "", **kwargs) -> QueryResult:
-        timeout = kwargs.pop("timeout", None)
-        metadata = kwargs.pop("metadata", ())
+        options = {"timeout": kwargs.pop("timeout", None), "metadata": kwargs.pop("metadata", ())}
         request = build_query_request(query, **kwargs)
-        return to_result(list(self.stream(request, timeout=timeout, metadata=metadata)))
+        return to_result(list(self.stream(request, **options)))
 
     def parallel(
         self, request: pb.ParallelQueryRequest, *, timeout: float | None = None
     ) -> Iterator[pb.ParallelQueryResponse]:
-        return self.stub.ParallelQuery(
-            request,
-            timeout=timeout or self.timeout,
-            metadata=_metadata(self.api_key, (), self.api_key_header),
-        )
+        return self.stub.ParallelQuery(request, **self._options(timeout))
 
     def status(self, *, refresh: bool = False, timeout: float | None = None) -> pb.StatusResponse:
-        return self.stub.Status(
-            pb.StatusRequest(refresh=refresh),
-            timeout=timeout or self.timeout,
-            metadata=_metadata(self.api_key, (), self.api_key_header),
-        )
+        return self.stub.Status(pb.StatusRequest(refresh=refresh), **self._options(timeout))
 
     def download(
         self,
@@ -290,11 +271,8 @@ class LLMProxyClient:
         *,
         timeout: float | None = None,
     ) -> pb.DownloadResponse:
-        return self.stub.Download(
-            pb.DownloadRequest(content=content, format=fmt, filename=filename),
-            timeout=timeout or self.timeout,
-            metadata=_metadata(self.api_key, (), self.api_key_header),
-        )
+        request = pb.DownloadRequest(content=content, format=fmt, filename=filename)
+        return self.stub.Download(request, **self._options(timeout))
 
     def usage(
         self,
@@ -305,8 +283,5 @@ class LLMProxyClient:
         model: str = "",
         timeout: float | None = None,
     ) -> pb.GetUsageResponse:
-        return self.stub.GetUsage(
-            build_usage_request(start, end, key_id, model),
-            timeout=timeout or self.timeout,
-            metadata=_metadata(self.api_key, (), self.api_key_header),
-        )
+        request = build_usage_request(start, end, key_id, model)
+        return self.stub.GetUsage(request, **self._options(timeout))
