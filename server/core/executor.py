@@ -227,20 +227,25 @@ class Executor:
         first_token_at: float | None = None
         finish: Finish | None = None
         parts: list[str] = []
+        # Time the caller's side held control between our yields (sending each message
+        # downstream): proxy time, not upstream time, though it falls inside the stream.
+        downstream_s = 0.0
         settled = False
         stats.in_flight += 1
         try:
             async with aclosing(deployment.provider.stream(request)) as upstream:
                 async for event in upstream:
                     if type(event) is TextDelta:
-                        if first_token_at is None:
-                            first_token_at = time.perf_counter()
-                            yield Started(deployment.name, deployment.provider_name)
                         parts.append(event.text)
+                        handed_off = time.perf_counter()
+                        if first_token_at is None:
+                            first_token_at = handed_off
+                            yield Started(deployment.name, deployment.provider_name)
                         yield event
+                        downstream_s += time.perf_counter() - handed_off
                     else:
                         finish = event  # type: ignore[assignment]
-            upstream_done = time.perf_counter()
+            upstream_done = time.perf_counter() - downstream_s
             settled = True
             stats.in_flight -= 1
         except UpstreamError as error:

@@ -174,3 +174,22 @@ async def test_the_catalog_counts_running_executions(fails):
     else:
         await run(router)
     assert router.catalog.active == 0
+
+
+async def test_proxy_overhead_counts_time_spent_downstream_not_upstream_waits():
+    async def slow_upstream() -> None:
+        await asyncio.sleep(0.1)
+
+    router, _ = table({"a": slow_upstream}, ["a"], [])
+    query = QueryInput((Message(Role.USER, "hello"),), model="a")
+    ctx = CallContext()
+    events = []
+    async for event in Executor().stream(router.plan(query, ctx), query, ctx):
+        events.append(event)
+        if type(event) is TextDelta:
+            await asyncio.sleep(0.03)  # a slow caller: the gateway's time, not upstream's
+    done = events[-1]
+    assert type(done) is Completed
+    # Two deltas held downstream ~30 ms each; the 100 ms upstream wait is excluded.
+    assert 55_000 <= done.proxy_overhead_us < 95_000
+    assert done.response_time_ms >= 155
