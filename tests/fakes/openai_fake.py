@@ -191,15 +191,19 @@ def key_refusal(headers: dict[str, str], config: FakeConfig) -> web.Response | N
             {"retry-after": "7"},
         )
     if behaviour == "quota":
-        return json_error(
-            429,
-            error_body(
-                "You exceeded your current quota, please check your plan and billing details.",
-                "insufficient_quota",
-                "insufficient_quota",
-            ),
-        )
+        return quota_exceeded()
     return None
+
+
+def quota_exceeded() -> web.Response:
+    return json_error(
+        429,
+        error_body(
+            "You exceeded your current quota, please check your plan and billing details.",
+            "insufficient_quota",
+            "insufficient_quota",
+        ),
+    )
 
 
 def unauthorized() -> web.Response:
@@ -229,14 +233,7 @@ def scenario_error(model: str) -> web.Response | None:
             {"x-ratelimit-reset-tokens": "1.5s", "x-ratelimit-reset-requests": "120ms"},
         )
     if model == "quota":
-        return json_error(
-            429,
-            error_body(
-                "You exceeded your current quota, please check your plan and billing details.",
-                "insufficient_quota",
-                "insufficient_quota",
-            ),
-        )
+        return quota_exceeded()
     if model in ("500", "503"):
         return json_error(int(model), error_body("The server had an error", "server_error"))
     if model == "bad-gateway":
