@@ -80,7 +80,8 @@ def build_body(request: ChatRequest, *, default_max_tokens: int = DEFAULT_MAX_TO
     p = request.params
     body: dict[str, Any] = {
         "model": request.model,
-        "max_tokens": p.max_tokens or default_max_tokens,
+        # Required by the API: the caller's, else the model's configured cap, else the default.
+        "max_tokens": p.max_tokens or request.max_output_tokens or default_max_tokens,
         "messages": turns,
         "stream": True,
     }

@@ -3,6 +3,7 @@ the official SDK against the same fake, and a gRPC Query end to end."""
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 
 import anthropic
@@ -10,7 +11,7 @@ import grpc
 import orjson
 import pytest
 
-from llmproxy.server.domain import FinishReason
+from llmproxy.server.domain import FinishReason, Parameters
 from llmproxy.server.errors import (
     UpstreamAuthError,
     UpstreamContextTooLongError,
@@ -102,6 +103,10 @@ def test_body_hoists_system_merges_same_role_turns_and_drops_seed():
 def test_body_max_tokens_from_caller_or_configured_default():
     assert wire.build_body(chat(max_tokens=20))["max_tokens"] == 20
     assert wire.build_body(chat(), default_max_tokens=123)["max_tokens"] == 123
+    capped = dataclasses.replace(chat(), max_output_tokens=8192)
+    assert wire.build_body(capped, default_max_tokens=123)["max_tokens"] == 8192
+    assert wire.build_body(dataclasses.replace(capped, params=Parameters(max_tokens=7)))[
+        "max_tokens"] == 7
 
 
 @pytest.mark.parametrize("split", [1, 7, 64, 10_000])

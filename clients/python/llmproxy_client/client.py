@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -108,13 +108,18 @@ class _Client:
     per-call options built from them."""
 
     def __init__(
-        self, channel: Any, api_key: str | None, api_key_header: str, timeout: float | None
+        self,
+        open_channel: Callable[[], Any],
+        api_key: str | None,
+        api_key_header: str,
+        timeout: float | None,
     ) -> None:
-        self.channel = channel
-        self.stub = llmproxy_pb2_grpc.LLMProxyStub(channel)
-        self.api_key = api_key
+        # Checked before the channel opens, so a bad argument leaks nothing.
         if api_key_header not in API_KEY_HEADERS:
             raise ValueError(f"api_key_header must be one of {API_KEY_HEADERS}")
+        self.channel = open_channel()
+        self.stub = llmproxy_pb2_grpc.LLMProxyStub(self.channel)
+        self.api_key = api_key
         self.api_key_header = api_key_header
         self.timeout = timeout
 
@@ -141,13 +146,14 @@ class AsyncLLMProxyClient(_Client):
         credentials: grpc.ChannelCredentials | None = None,
         channel: grpc.aio.Channel | None = None,
     ) -> None:
-        if channel is None:
-            channel = (
-                grpc.aio.secure_channel(target, credentials)
-                if credentials
-                else grpc.aio.insecure_channel(target)
-            )
-        super().__init__(channel, api_key, api_key_header, timeout)
+        def open_channel() -> grpc.aio.Channel:
+            if channel is not None:
+                return channel
+            if credentials:
+                return grpc.aio.secure_channel(target, credentials)
+            return grpc.aio.insecure_channel(target)
+
+        super().__init__(open_channel, api_key, api_key_header, timeout)
 
     async def __aenter__(self) -> AsyncLLMProxyClient:
         return self
@@ -225,12 +231,12 @@ class LLMProxyClient(_Client):
         timeout: float | None = None,
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
-        channel = (
-            grpc.secure_channel(target, credentials)
-            if credentials
-            else grpc.insecure_channel(target)
-        )
-        super().__init__(channel, api_key, api_key_header, timeout)
+        def open_channel() -> grpc.Channel:
+            if credentials:
+                return grpc.secure_channel(target, credentials)
+            return grpc.insecure_channel(target)
+
+        super().__init__(open_channel, api_key, api_key_header, timeout)
 
     def __enter__(self) -> LLMProxyClient:
         return self
