@@ -19,8 +19,12 @@ async def target():
 
 async def cli(*args: str, stdin: bytes | None = None) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "llmproxy.client.cli", *args,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "llmproxy.client.cli",
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(stdin), 30)
@@ -42,16 +46,27 @@ async def test_query_reads_stdin_and_prints_json_events(target):
 
 
 async def test_parallel_status_download(target, tmp_path):
-    code, out, err = await cli("parallel", "--target", target, "-m", "mock-fast", "-m",
-                               "mock-smart", "compare")
+    code, out, err = await cli(
+        "parallel", "--target", target, "-m", "mock-fast", "-m", "mock-smart", "compare"
+    )
     assert code == 0, err
     assert "=== mock-fast" in out and "=== mock-smart" in out
     assert "2 succeeded, 0 failed" in err
     code, out, err = await cli("status", "--target", target)
     assert code == 0, err
     assert "mock-fast" in out and "yes" in out
-    code, out, err = await cli("download", "--target", target, "-f", "pdf", "--filename", "ans",
-                               "-o", str(tmp_path), "Ελληνικά")
+    code, out, err = await cli(
+        "download",
+        "--target",
+        target,
+        "-f",
+        "pdf",
+        "--filename",
+        "ans",
+        "-o",
+        str(tmp_path),
+        "Ελληνικά",
+    )
     assert code == 0, err
     assert (tmp_path / "ans.pdf").read_bytes().startswith(b"%PDF")
 

@@ -59,15 +59,26 @@ def test_llmproxy_env_vars_override_the_file(tmp_path, monkeypatch):
     assert settings.server.http_port == 9000
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    ("server: {grpc_prot: 1}\n", r"server\.grpc_prot"),
-    ("server: {grpc_port: 70000}\n", r"server\.grpc_port"),
-    ("models:\n  - {name: m, provider: nope}\n", r"models\[0\]\.provider: unknown provider 'nope'"),
-    ("groups:\n  - {name: g, members: [{model: ghost}]}\n", r"groups\[0\]\.members\[0\]\.model"),
-    ("routing: {auto: {default: [ghost]}}\n", r"routing\.auto\.default\[0\]"),
-    ("models:\n  - {name: m, provider: openai, price: {input_per_mtok: -1}}\n",
-     r"models\.0\.price\.input_per_mtok"),
-])
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("server: {grpc_prot: 1}\n", r"server\.grpc_prot"),
+        ("server: {grpc_port: 70000}\n", r"server\.grpc_port"),
+        (
+            "models:\n  - {name: m, provider: nope}\n",
+            r"models\[0\]\.provider: unknown provider 'nope'",
+        ),
+        (
+            "groups:\n  - {name: g, members: [{model: ghost}]}\n",
+            r"groups\[0\]\.members\[0\]\.model",
+        ),
+        ("routing: {auto: {default: [ghost]}}\n", r"routing\.auto\.default\[0\]"),
+        (
+            "models:\n  - {name: m, provider: openai, price: {input_per_mtok: -1}}\n",
+            r"models\.0\.price\.input_per_mtok",
+        ),
+    ],
+)
 def test_invalid_config_names_the_bad_key(tmp_path, extra, message):
     # A later top-level key replaces BASE's (YAML keeps the last duplicate).
     with pytest.raises(ConfigError, match=message):
@@ -89,7 +100,11 @@ def test_unreadable_and_invalid_yaml(tmp_path):
 
 def test_serve_refuses_a_bad_config_with_the_key_named(tmp_path):
     path = write(tmp_path, "server: {grpc_port: -5}\n")
-    proc = subprocess.run([sys.executable, "-m", "llmproxy.client.cli", "serve", "--config",
-                           str(path)], capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        [sys.executable, "-m", "llmproxy.client.cli", "serve", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 2
     assert "server.grpc_port" in proc.stderr

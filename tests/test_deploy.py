@@ -29,7 +29,8 @@ def test_kubernetes_probes_use_grpc_health_on_the_grpc_port():
         assert container[probe]["grpc"]["port"] == settings.server.grpc_port
     assert container["readinessProbe"]["grpc"]["service"] == "llmproxy.v1.LLMProxy"
     assert spec["terminationGracePeriodSeconds"] > (
-        settings.server.grace_period_s + settings.server.drain_delay_s)
+        settings.server.grace_period_s + settings.server.drain_delay_s
+    )
 
 
 async def test_dashboard_queries_only_metrics_the_server_exports():
@@ -42,12 +43,14 @@ async def test_dashboard_queries_only_metrics_the_server_exports():
     }
     async with running_client(settings_for()) as (app, client):
         await client.query("hi", model="mock-fast")
-        async with aiohttp.ClientSession() as http, http.get(
-            f"http://127.0.0.1:{app.http_port}/metrics"
-        ) as response:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{app.http_port}/metrics") as response,
+        ):
             exported = await response.text()
     names = set(re.findall(r"^# TYPE (llmproxy_[a-z_]+)", exported, re.M))
     series = {n for n in wanted if n.endswith("_bucket")}
     missing = {n for n in wanted - series if n not in names} | {
-        n for n in series if n.removesuffix("_bucket") not in names}
+        n for n in series if n.removesuffix("_bucket") not in names
+    }
     assert missing == set()

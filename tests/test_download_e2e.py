@@ -37,11 +37,14 @@ async def test_docx_opens_and_keeps_unicode(client):
     assert [p.text for p in document.paragraphs if p.text] == TEXT.split("\n")
 
 
-@pytest.mark.parametrize(("fmt", "name", "decode"), [
-    (pb.DOCUMENT_FORMAT_TXT, "response.txt", lambda b: b.decode()),
-    (pb.DOCUMENT_FORMAT_MARKDOWN, "response.md", lambda b: b.decode()),
-    (pb.DOCUMENT_FORMAT_JSON, "response.json", lambda b: json.loads(b)["content"]),
-])
+@pytest.mark.parametrize(
+    ("fmt", "name", "decode"),
+    [
+        (pb.DOCUMENT_FORMAT_TXT, "response.txt", lambda b: b.decode()),
+        (pb.DOCUMENT_FORMAT_MARKDOWN, "response.md", lambda b: b.decode()),
+        (pb.DOCUMENT_FORMAT_JSON, "response.json", lambda b: json.loads(b)["content"]),
+    ],
+)
 async def test_text_formats(client, fmt, name, decode):
     response = await client.download(TEXT, fmt)
     assert response.filename == name

@@ -12,8 +12,11 @@ from llmproxy.server.api.error_status import CODES, code_for, to_rpc_status
 
 
 def all_error_classes() -> list[type[errors.LLMProxyError]]:
-    return [cls for _, cls in inspect.getmembers(errors, inspect.isclass)
-            if issubclass(cls, errors.LLMProxyError)]
+    return [
+        cls
+        for _, cls in inspect.getmembers(errors, inspect.isclass)
+        if issubclass(cls, errors.LLMProxyError)
+    ]
 
 
 def test_every_error_class_has_an_explicit_code():
@@ -27,10 +30,13 @@ def test_reasons_are_upper_snake():
 
 
 def test_caller_is_never_blamed_for_our_provider_key():
-    error = errors.UpstreamAuthError("openai: upstream rejected the gateway's credentials",
-                                     provider="openai", status=401)
-    assert code_for(error) not in (grpc.StatusCode.UNAUTHENTICATED,
-                                   grpc.StatusCode.PERMISSION_DENIED)
+    error = errors.UpstreamAuthError(
+        "openai: upstream rejected the gateway's credentials", provider="openai", status=401
+    )
+    assert code_for(error) not in (
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+    )
 
 
 def test_details_carry_error_info_request_info_and_retry_info():
@@ -39,8 +45,11 @@ def test_details_carry_error_info_request_info_and_retry_info():
     assert status.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
     unpacked = {}
     for detail in status.details:
-        for cls in (error_details_pb2.ErrorInfo, error_details_pb2.RequestInfo,
-                    error_details_pb2.RetryInfo):
+        for cls in (
+            error_details_pb2.ErrorInfo,
+            error_details_pb2.RequestInfo,
+            error_details_pb2.RetryInfo,
+        ):
             if detail.Is(cls.DESCRIPTOR):
                 msg = cls()
                 detail.Unpack(msg)

@@ -21,8 +21,11 @@ async def grpcurl(port: int, *args: str, data: dict | None = None) -> tuple[int,
     if data is not None:
         argv += ["-d", json.dumps(data)]
     proc = await asyncio.create_subprocess_exec(
-        *argv, f"127.0.0.1:{port}", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        *argv,
+        f"127.0.0.1:{port}",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 20)
     return proc.returncode, out.decode(), err.decode()
@@ -62,8 +65,9 @@ async def test_health_overall_and_per_service(port):
 
 
 async def test_query_streams_json_events(port):
-    code, out, err = await grpcurl(port, "llmproxy.v1.LLMProxy/Query",
-                                   data={"query": "Hello grpcurl", "model": "mock-fast"})
+    code, out, err = await grpcurl(
+        port, "llmproxy.v1.LLMProxy/Query", data={"query": "Hello grpcurl", "model": "mock-fast"}
+    )
     assert code == 0, err
     events = [json.loads(chunk) for chunk in _split_json(out)]
     assert "start" in events[0] and "done" in events[-1]
@@ -73,17 +77,22 @@ async def test_query_streams_json_events(port):
 
 
 async def test_parallel_status_and_download(port):
-    code, out, err = await grpcurl(port, "llmproxy.v1.LLMProxy/ParallelQuery",
-                                   data={"query": "hi", "models": ["mock-fast", "mock-smart"]})
+    code, out, err = await grpcurl(
+        port,
+        "llmproxy.v1.LLMProxy/ParallelQuery",
+        data={"query": "hi", "models": ["mock-fast", "mock-smart"]},
+    )
     assert code == 0, err
     events = [json.loads(c) for c in _split_json(out)]
     assert events[-1]["summary"]["succeeded"] == 2
     code, out, err = await grpcurl(port, "llmproxy.v1.LLMProxy/Status")
     assert code == 0, err
     assert {m["name"] for m in json.loads(out)["models"]} == {"mock-fast", "mock-smart"}
-    code, out, err = await grpcurl(port, "llmproxy.v1.LLMProxy/Download",
-                                   data={"content": "Καλημέρα", "format": "DOCUMENT_FORMAT_TXT",
-                                         "filename": "greeting"})
+    code, out, err = await grpcurl(
+        port,
+        "llmproxy.v1.LLMProxy/Download",
+        data={"content": "Καλημέρα", "format": "DOCUMENT_FORMAT_TXT", "filename": "greeting"},
+    )
     assert code == 0, err
     body = json.loads(out)
     assert body["filename"] == "greeting.txt"
@@ -91,8 +100,9 @@ async def test_parallel_status_and_download(port):
 
 
 async def test_errors_show_code_and_message(port):
-    code, _, err = await grpcurl(port, "llmproxy.v1.LLMProxy/Query",
-                                 data={"query": "hi", "model": "no-such-model"})
+    code, _, err = await grpcurl(
+        port, "llmproxy.v1.LLMProxy/Query", data={"query": "hi", "model": "no-such-model"}
+    )
     assert code != 0
     assert "NotFound" in err and "no-such-model" in err
 

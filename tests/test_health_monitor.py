@@ -17,18 +17,26 @@ async def scrape(port: int) -> str:
 
 
 def availability(text: str, model: str) -> float | None:
-    match = re.search(rf'^llmproxy_model_availability{{model="{model}",provider="[^"]+"}} (\S+)',
-                      text, re.M)
+    match = re.search(
+        rf'^llmproxy_model_availability{{model="{model}",provider="[^"]+"}} (\S+)', text, re.M
+    )
     return float(match.group(1)) if match else None
 
 
 async def test_background_checks_update_the_availability_gauge(openai_upstream):
     config = openai_config(openai_upstream.base_url, ["ok"])
-    config["providers"].append({"name": "down", "type": "openai_compatible",
-                                "base_url": "http://127.0.0.1:9/v1", "api_keys": ["k"]})
+    config["providers"].append(
+        {
+            "name": "down",
+            "type": "openai_compatible",
+            "base_url": "http://127.0.0.1:9/v1",
+            "api_keys": ["k"],
+        }
+    )
     config["models"].append({"name": "gone", "provider": "down"})
-    settings = settings_for(config, server={"health_check_interval_s": 0.1,
-                                            "health_check_timeout_s": 1})
+    settings = settings_for(
+        config, server={"health_check_interval_s": 0.1, "health_check_timeout_s": 1}
+    )
     async with running_app(settings) as app:
         for _ in range(50):
             text = await scrape(app.http_port)

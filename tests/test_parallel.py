@@ -37,8 +37,11 @@ async def collect(client, request):
 
 async def test_total_time_is_close_to_the_slowest_model_not_the_sum(gateway):
     _, client = gateway
-    request = pb.ParallelQueryRequest(query="compare", models=["slow-a", "slow-b", "fast-a"],
-                                      parameters=pb.Parameters(max_tokens=10))
+    request = pb.ParallelQueryRequest(
+        query="compare",
+        models=["slow-a", "slow-b", "fast-a"],
+        parameters=pb.Parameters(max_tokens=10),
+    )
     started = time.perf_counter()
     events = await collect(client, request)
     elapsed = time.perf_counter() - started
@@ -52,8 +55,12 @@ async def test_total_time_is_close_to_the_slowest_model_not_the_sum(gateway):
 
 async def test_events_are_tagged_interleaved_and_complete_per_model(gateway):
     _, client = gateway
-    request = pb.ParallelQueryRequest(query="hello", models=["slow-a", "fast-a"],
-                                      parameters=pb.Parameters(max_tokens=8), request_id="par-1")
+    request = pb.ParallelQueryRequest(
+        query="hello",
+        models=["slow-a", "fast-a"],
+        parameters=pb.Parameters(max_tokens=8),
+        request_id="par-1",
+    )
     events = await collect(client, request)
     assert all(e.request_id == "par-1" for e in events)
     per_model: dict[str, list[str]] = {}
@@ -106,8 +113,11 @@ async def test_duplicate_models_are_invalid(gateway):
 
 async def test_cancelling_the_call_stops_every_model(gateway):
     app, client = gateway
-    call = client.parallel(pb.ParallelQueryRequest(query="x", models=["slow-a", "fast-a"],
-                                                   parameters=pb.Parameters(max_tokens=200)))
+    call = client.parallel(
+        pb.ParallelQueryRequest(
+            query="x", models=["slow-a", "fast-a"], parameters=pb.Parameters(max_tokens=200)
+        )
+    )
     async for event in call:
         if event.WhichOneof("event") == "delta":
             call.cancel()

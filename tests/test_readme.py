@@ -41,10 +41,13 @@ async def test_every_grpcurl_example_runs(tmp_path, monkeypatch):
     assert len(commands) >= 9
     async with running_app(settings_for()) as app:
         for argv in commands:
-            argv = [GRPCURL, *(a.replace("localhost:50051", f"127.0.0.1:{app.grpc_port}")
-                               for a in argv[1:])]
+            argv = [
+                GRPCURL,
+                *(a.replace("localhost:50051", f"127.0.0.1:{app.grpc_port}") for a in argv[1:]),
+            ]
             proc = await asyncio.create_subprocess_exec(
-                *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+                *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+            )
             _, err = await asyncio.wait_for(proc.communicate(), 20)
             assert proc.returncode == 0, (argv, err.decode())
 

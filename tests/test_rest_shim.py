@@ -50,8 +50,9 @@ async def test_query_streams_ndjson(base_url, http):
 
 
 async def test_parallel_and_status(base_url, http):
-    async with http.post(f"{base_url}/api/parallel",
-                         json={"query": "hi", "models": ["mock-fast", "mock-smart"]}) as response:
+    async with http.post(
+        f"{base_url}/api/parallel", json={"query": "hi", "models": ["mock-fast", "mock-smart"]}
+    ) as response:
         events = [json.loads(line)["result"] async for line in response.content if line.strip()]
     assert events[-1]["summary"]["succeeded"] == 2
     async with http.get(f"{base_url}/api/status") as response:
@@ -61,8 +62,10 @@ async def test_parallel_and_status(base_url, http):
 
 
 async def test_download_returns_the_file(base_url, http):
-    async with http.post(f"{base_url}/api/download", json={
-            "content": "Ελληνικά", "format": "DOCUMENT_FORMAT_PDF", "filename": "résumé"}) as r:
+    async with http.post(
+        f"{base_url}/api/download",
+        json={"content": "Ελληνικά", "format": "DOCUMENT_FORMAT_PDF", "filename": "résumé"},
+    ) as r:
         assert r.status == 200
         assert r.headers["content-type"] == "application/pdf"
         assert "filename*=UTF-8''r%C3%A9sum%C3%A9.pdf" in r.headers["content-disposition"]
@@ -80,11 +83,13 @@ async def test_errors_use_http_status_and_google_rpc_status_json(base_url, http)
         assert r.status == 400
     async with http.post(f"{base_url}/api/query", data=b"{not json") as r:
         assert r.status == 400
-    async with http.post(f"{base_url}/api/query",
-                         json={"query": "x", "parameters": {"temperature": 9}}) as r:
+    async with http.post(
+        f"{base_url}/api/query", json={"query": "x", "parameters": {"temperature": 9}}
+    ) as r:
         assert r.status == 400
-        assert (await r.json())["details"][-1]["fieldViolations"][0]["field"] == \
-            "parameters.temperature"
+        assert (await r.json())["details"][-1]["fieldViolations"][0][
+            "field"
+        ] == "parameters.temperature"
 
 
 async def test_metrics_and_probes(base_url, http):

@@ -89,9 +89,18 @@ async def test_sigterm_drains_a_real_server_process(tmp_path):
     )
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "llmproxy.client.cli", "serve", "--config", str(config),
-        "--grpc-port", str(port), "--http-port", "-1",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "llmproxy.client.cli",
+        "serve",
+        "--config",
+        str(config),
+        "--grpc-port",
+        str(port),
+        "--http-port",
+        "-1",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     client = AsyncLLMProxyClient(f"127.0.0.1:{port}")

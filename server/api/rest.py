@@ -24,19 +24,33 @@ from grpc_status import rpc_status
 from llmproxy.v1 import llmproxy_pb2
 
 # Metadata passed from HTTP headers to the gRPC call.
-FORWARDED_HEADERS = ("authorization", "x-api-key", "x-llmproxy-route-key", "traceparent",
-                     "tracestate")
+FORWARDED_HEADERS = (
+    "authorization",
+    "x-api-key",
+    "x-llmproxy-route-key",
+    "traceparent",
+    "tracestate",
+)
 
 # As grpc-gateway maps them (runtime/errors.go HTTPStatusFromCode).
 HTTP_STATUS = {
-    grpc.StatusCode.OK: 200, grpc.StatusCode.CANCELLED: 499, grpc.StatusCode.UNKNOWN: 500,
-    grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-    grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.ALREADY_EXISTS: 409,
-    grpc.StatusCode.PERMISSION_DENIED: 403, grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429, grpc.StatusCode.FAILED_PRECONDITION: 400,
-    grpc.StatusCode.ABORTED: 409, grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.UNIMPLEMENTED: 501, grpc.StatusCode.INTERNAL: 500,
-    grpc.StatusCode.UNAVAILABLE: 503, grpc.StatusCode.DATA_LOSS: 500,
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
 }
 
 
@@ -66,7 +80,8 @@ def _to_json(message: Message) -> dict:
 
 def _status_body(error: grpc.aio.AioRpcError) -> tuple[int, dict, dict[str, str]]:
     status = rpc_status.from_call(error) or status_pb2.Status(
-        code=error.code().value[0], message=error.details() or "")
+        code=error.code().value[0], message=error.details() or ""
+    )
     headers = {}
     for detail in status.details:
         if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
@@ -89,16 +104,19 @@ class RestShim:
         request_type = getattr(llmproxy_pb2, method.input_type.name)
         response_type = getattr(llmproxy_pb2, method.output_type.name)
         factory = self.channel.unary_stream if method.server_streaming else self.channel.unary_unary
-        call = factory(f"/{method.containing_service.full_name}/{method.name}",
-                       request_serializer=request_type.SerializeToString,
-                       response_deserializer=response_type.FromString)
+        call = factory(
+            f"/{method.containing_service.full_name}/{method.name}",
+            request_serializer=request_type.SerializeToString,
+            response_deserializer=response_type.FromString,
+        )
 
         async def handle(request: web.Request) -> web.StreamResponse:
             try:
                 message = await self._parse(request, route, request_type)
             except json_format.ParseError as exc:
-                return web.json_response({"code": 3, "message": str(exc), "details": []},
-                                         status=400)
+                return web.json_response(
+                    {"code": 3, "message": str(exc), "details": []}, status=400
+                )
             metadata = [(h, request.headers[h]) for h in FORWARDED_HEADERS if h in request.headers]
             timeout = _timeout(request)
             if method.server_streaming:
@@ -165,7 +183,12 @@ def _timeout(request: web.Request) -> float | None:
 def _file_response(response: llmproxy_pb2.DownloadResponse) -> web.Response:
     quoted = urllib.parse.quote(response.filename)
     ascii_name = response.filename.encode("ascii", "replace").decode().replace("?", "_")
-    return web.Response(body=response.data, headers={
-        "content-type": response.content_type,
-        "content-disposition": f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quoted}",
-    })
+    return web.Response(
+        body=response.data,
+        headers={
+            "content-type": response.content_type,
+            "content-disposition": (
+                f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quoted}"
+            ),
+        },
+    )

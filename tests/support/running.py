@@ -15,8 +15,13 @@ def settings_for(config: dict[str, Any] | None = None, **overrides: Any) -> Sett
     """Settings from a config dict (None: the embedded default) on free loopback ports."""
     base = dict(config) if config is not None else None
     # No background health checks unless a test asks: they would hit the fakes unprompted.
-    server = {"host": "127.0.0.1", "grpc_port": 0, "http_port": 0, "grace_period_s": 2,
-              "health_check_interval_s": 0}
+    server = {
+        "host": "127.0.0.1",
+        "grpc_port": 0,
+        "http_port": 0,
+        "grace_period_s": 2,
+        "health_check_interval_s": 0,
+    }
     server_overrides = overrides.pop("server", {})
     if base is None:
         return load_settings(overrides={"server": {**server, **server_overrides}, **overrides})
