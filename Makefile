@@ -49,7 +49,7 @@ check-proto: install-dev
 
 lint: install-dev
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff format --check server clients bench tests
 
 bench: install-dev
 	$(PY) bench/proxy.py
