@@ -93,15 +93,20 @@ def to_cache_options(c: pb.CacheOptions) -> CacheOptions:
     )
 
 
-def to_query_input(request: pb.QueryRequest, request_id: str) -> QueryInput:
-    violations: list[FieldViolation] = []
-    messages = to_messages(request.query, request.messages, violations)
-    params = to_parameters(request.parameters, violations)
+def check(violations: list[FieldViolation]) -> None:
+    """One INVALID_ARGUMENT naming every bad field, rather than one error per round trip."""
     if violations:
         raise InvalidRequestError(
             "invalid request: " + "; ".join(f"{v.field}: {v.description}" for v in violations),
             violations,
         )
+
+
+def to_query_input(request: pb.QueryRequest, request_id: str) -> QueryInput:
+    violations: list[FieldViolation] = []
+    messages = to_messages(request.query, request.messages, violations)
+    params = to_parameters(request.parameters, violations)
+    check(violations)
     return QueryInput(
         messages=messages,
         model=request.model or "auto",
@@ -119,11 +124,7 @@ def to_parallel_input(request: pb.ParallelQueryRequest, request_id: str) -> Quer
     params = to_parameters(request.parameters, violations)
     if len(set(request.models)) != len(request.models):
         violations.append(FieldViolation("models", "each model may appear once"))
-    if violations:
-        raise InvalidRequestError(
-            "invalid request: " + "; ".join(f"{v.field}: {v.description}" for v in violations),
-            violations,
-        )
+    check(violations)
     return QueryInput(
         messages=messages,
         task_type=request.task_type,
