@@ -52,6 +52,22 @@ async def test_stop_writes_everything_enqueued():
     assert [r.request_id for r in backend.records] == [f"r{i}" for i in range(500)]
 
 
+async def test_stop_during_a_flush_lets_that_write_finish():
+    class SlowLedger(ListLedger):
+        async def write(self, records: list[UsageRecord]) -> None:
+            await asyncio.sleep(0.05)
+            await super().write(records)
+
+    backend = SlowLedger()
+    writer = LedgerWriter(backend, flush_interval_s=0.01)
+    await writer.start()
+    writer.enqueue(record(1))
+    await asyncio.sleep(0.03)  # the flusher has taken the batch and is writing it
+    assert writer.pending == 0 and backend.records == []
+    await writer.stop()
+    assert [r.request_id for r in backend.records] == ["r1"]
+
+
 async def test_a_failed_write_keeps_the_records_for_the_next_flush_in_order():
     backend = ListLedger()
     writer = LedgerWriter(backend, flush_interval_s=60)

@@ -89,7 +89,10 @@ class LedgerWriter:
     async def stop(self) -> None:
         """Write everything enqueued so far, then close. Called once no request can enqueue."""
         if self._task is not None:
-            self._task.cancel()
+            # Under the lock, so a flush in progress ends first: cancelled half-way, its
+            # batch (already out of the buffer, its write not yet run) would be lost.
+            async with self._lock:
+                self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None

@@ -83,7 +83,10 @@ class SqliteLedger:
     def _write(self, records: list[UsageRecord]) -> None:
         assert self._db is not None
         with self._db:  # one transaction: all rows or none
-            self._db.execute("BEGIN")
+            # IMMEDIATE takes the write lock up front, waiting up to busy_timeout for other
+            # writers (worker processes); a deferred BEGIN that must upgrade a read to a
+            # write fails at once with SQLITE_BUSY if another process wrote in between.
+            self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany(self._insert, map(as_row, records))
 
     def _aggregate(self, where: UsageFilter) -> list[UsageAggregate]:
