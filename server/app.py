@@ -31,6 +31,7 @@ from llmproxy.server.core.router import Router
 from llmproxy.server.core.status import StatusService
 from llmproxy.server.interceptors import build_interceptors
 from llmproxy.server.observability.metrics import Metrics
+from llmproxy.server.observability.multiprocess import build_registries
 from llmproxy.server.providers.base import Provider, ProviderSettings
 from llmproxy.server.providers.http import HttpClientSettings, build_http_client
 from llmproxy.server.providers.keys import KeyPool
@@ -99,12 +100,18 @@ class App:
 
     async def start(self) -> None:
         cfg = self.settings.server
+        shared = cfg.worker_count > 1
         if self.accounting is not None:
             await self.accounting.start()
         self.server = grpc.aio.server(
             interceptors=build_interceptors(self),
             maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,
-            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 16 << 20)],
+            options=[
+                # On only when worker processes share the port: a lone gateway keeps it to
+                # itself, so a second one started by mistake fails to bind.
+                ("grpc.so_reuseport", 1 if shared else 0),
+                ("grpc.max_receive_message_length", 16 << 20),
+            ],
         )
         servicer = LLMProxyServicer(self.queries, self.parallel, self.status, usage=self.accounting)
         llmproxy_pb2_grpc.add_LLMProxyServicer_to_server(servicer, self.server)
@@ -125,7 +132,7 @@ class App:
                 access_log=None,
             )
             await runner.setup()
-            site = web.TCPSite(runner, cfg.host, cfg.http_port)
+            site = web.TCPSite(runner, cfg.host, cfg.http_port, reuse_port=shared or None)
             await site.start()
             self._http_runner = runner
             self.http_port = runner.addresses[0][1]
@@ -193,9 +200,9 @@ def build_app(
     overrides: Mapping[str, Any] | None = None,
 ) -> App:
     """`config_path` (the file `settings` came from) enables reloading the routing table."""
-    registry = CollectorRegistry()
+    registry, instruments = build_registries(settings.server)
     names = [*(m.name for m in settings.models), *(g.name for g in settings.groups), "auto"]
-    metrics = Metrics(registry, models=names, providers=[p.name for p in settings.providers])
+    metrics = Metrics(instruments, models=names, providers=[p.name for p in settings.providers])
     tables = RoutingTables(build_provider, observer=metrics)
     catalog = tables.build(settings)
     clients = tables.clients

@@ -98,14 +98,22 @@ class Metrics:
             ["model", "kind"],
             registry=r,
         )
+        # Gauge modes apply only with several workers (observability/multiprocess.py):
+        # in-flight RPCs add up over the live workers; availability is 1 if any live
+        # worker's last check passed; circuit state is the most open of any live worker.
         self.active_requests = Gauge(
-            "llmproxy_active_requests", "RPCs in progress.", ["rpc"], registry=r
+            "llmproxy_active_requests",
+            "RPCs in progress.",
+            ["rpc"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.model_availability = Gauge(
             "llmproxy_model_availability",
             "1 when the model's last health check passed, else 0.",
             ["model", "provider"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.upstream_errors = Counter(
             "llmproxy_upstream_errors_total",
@@ -136,6 +144,7 @@ class Metrics:
             "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
             ["model", "provider"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.rate_limit_rejections = Counter(
             "llmproxy_rate_limit_rejections_total",

@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="YAML config file (default: embedded mock setup)")
     serve.add_argument("--grpc-port", type=int)
     serve.add_argument("--http-port", type=int)
+    serve.add_argument(
+        "--workers", type=int, help="gateway processes sharing the ports; 0: one per CPU"
+    )
     serve.set_defaults(handler=cmd_serve)
 
     def client_args(p: argparse.ArgumentParser) -> None:
@@ -109,13 +112,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         overrides.setdefault("server", {})["grpc_port"] = args.grpc_port
     if args.http_port is not None:
         overrides.setdefault("server", {})["http_port"] = args.http_port
+    if args.workers is not None:
+        overrides.setdefault("server", {})["workers"] = args.workers
     try:
         settings = load_settings(args.config, overrides=overrides)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    run(settings, args.config, overrides)
-    return 0
+    return run(settings, args.config, overrides)
 
 
 def _client(args: argparse.Namespace) -> LLMProxyClient:
