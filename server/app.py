@@ -207,9 +207,10 @@ def build_app(
     catalog = tables.build(settings)
     clients = tables.clients
     cache = build_cache(settings.cache)
-    queries = QueryService(Router(catalog), Executor(metrics), cache=cache)
     accounting = build_accounting(settings, catalog, registry)
-    queries.accounting = accounting.stage
+    queries = QueryService(
+        Router(catalog), Executor(metrics), cache=cache, accounting=accounting.stage
+    )
     app = App(
         settings=settings,
         catalog=catalog,
