@@ -14,7 +14,7 @@ loopback, then measures in the same run:
 Every load is a fixed number of streams with a time limit. Prints a Markdown
 table and writes JSON to bench/results/.
 
-    .venv/bin/python bench/proxy.py [--quick] [--baseline bench/results/<earlier>.json]
+    .venv/bin/python bench/proxy.py [--quick] [--workers N] [--baseline <earlier>.json]
 """
 
 from __future__ import annotations
@@ -239,6 +239,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="gRPC streams multiplexed per h2load connection (64 streams: 4 connections)",
     )
     parser.add_argument("--label", default="", help="a name for this run in the JSON")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="passed to `llmproxy serve --workers` (fixed ports)"
+    )
     parser.add_argument("--baseline", type=Path, help="an earlier JSON result to compare with")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results")
     parser.add_argument(
@@ -256,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     upstream = start_upstream(args.chunks, workdir)
     try:
-        gateway = start_gateway(upstream.port, workdir)
+        gateway = start_gateway(upstream.port, workdir, args.workers)
         try:
             measured = Bench(args, workdir).run(upstream.port, gateway.pid, gateway.port)
         finally:
@@ -273,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             "commit": git_commit(),
             "time": stamp,
             "chunks": args.chunks,
+            "workers": args.workers,
             "streams_per_connection": args.streams_per_connection,
             "python": platform.python_version(),
             "cpus": len(os.sched_getaffinity(0)),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -86,10 +87,11 @@ def upstream_streams(port: int) -> int:
         return int(orjson.loads(response.read())["streams"])
 
 
-def gateway_config(upstream_port: int) -> str:
+def gateway_config(upstream_port: int, grpc_port: int = 0, http_port: int = 0) -> str:
     """The YAML the gateway runs on: one OpenAI-compatible provider, one model, free ports."""
     return (
-        "server: {host: 127.0.0.1, grpc_port: 0, http_port: 0, grace_period_s: 2}\n"
+        f"server: {{host: 127.0.0.1, grpc_port: {grpc_port}, http_port: {http_port}, "
+        "grace_period_s: 2}\n"
         "providers:\n"
         "  - name: fake\n"
         "    type: openai_compatible\n"
@@ -111,30 +113,68 @@ def llmproxy_command() -> list[str]:
     ]
 
 
-def start_gateway(upstream_port: int, log_dir: Path) -> Proc:
-    """`llmproxy serve --config <yaml>`, as users run it (uvloop); the port is read from its log."""
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_gateway(upstream_port: int, log_dir: Path, workers: int = 1) -> Proc:
+    """`llmproxy serve --config <yaml>`, as users run it (uvloop); the port is read from its log.
+
+    Several workers share fixed ports, and are ready when their supervisor says so.
+    """
     config = log_dir / "gateway.yaml"
-    config.write_text(gateway_config(upstream_port))
-    argv = [*llmproxy_command(), "serve", "--config", str(config)]
+    ports = (free_port(), free_port()) if workers > 1 else (0, 0)
+    config.write_text(gateway_config(upstream_port, *ports))
+    argv = [*llmproxy_command(), "serve", "--config", str(config), "--workers", str(workers)]
     proc = spawn("gateway", argv, log_dir / "gateway.log")
+    ready = '"all workers serving"' if workers > 1 else '"listening"'
 
     def listening(line: str) -> bool:
-        return '"listening"' in line and '"grpc_port"' in line
+        return ready in line and '"grpc_port"' in line
 
     proc.port = int(orjson.loads(wait_for_line(proc, listening, timeout=90))["grpc_port"])
     return proc
 
 
+def process_tree(pid: int) -> list[int]:
+    """The process and its descendants (a supervisor's workers); those gone are skipped."""
+    pids, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        pids.append(current)
+        try:
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending.extend(int(c) for c in (task / "children").read_text().split())
+        except OSError:
+            continue
+    return pids
+
+
 def rss_kb(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/statm").read_text().split()
-    return int(fields[1]) * PAGE_KB
+    """RSS of the process and its descendants, summed."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/statm").read_text().split()
+        except OSError:
+            continue
+        total += int(fields[1]) * PAGE_KB
+    return total
 
 
 def cpu_seconds(pid: int) -> float:
-    """User plus system CPU of every thread of the process so far."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    """User plus system CPU of every thread of the process and its descendants so far."""
+    ticks = 0
+    for member in process_tree(pid):
+        try:
+            stat = Path(f"/proc/{member}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / CLOCK_TICKS
 
 
 @dataclass

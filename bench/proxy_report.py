@@ -114,6 +114,7 @@ def render_markdown(report: dict, baseline: dict | None = None) -> str:
     lines.append("")
     lines.append(
         f"{meta['mode']} run, commit {meta['commit']}, {meta['cpus']} CPUs, "
+        f"{meta.get('workers', 1)} gateway worker(s), "
         f"Python {meta['python']}, {meta['chunks']} chunks per answer, "
         f"{meta['streams_per_connection']} gRPC streams per h2load connection, "
         f"{meta['seconds']} s; "
