@@ -105,6 +105,10 @@ async def supervised(config: Path, *args: str) -> AsyncIterator[Supervised]:
     try:
         yield gateway
     finally:
+        if proc.returncode is None:  # a failed test: drain, so the metrics dir goes too
+            proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 10)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         await proc.wait()
