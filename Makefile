@@ -52,6 +52,7 @@ lint: install-dev
 	$(VENV)/bin/ruff format --check server clients bench tests
 
 bench: install-dev
+	@command -v h2load >/dev/null || { echo "h2load is missing: apt-get install nghttp2-client"; exit 1; }
 	$(PY) bench/proxy.py
 
 clean:
