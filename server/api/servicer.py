@@ -165,7 +165,15 @@ class LLMProxyServicer(llmproxy_pb2_grpc.LLMProxyServicer):
     async def Status(
         self, request: pb.StatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.StatusResponse:
-        views = await self.status.snapshot(refresh=request.refresh)
+        rid = new_request_id()
+        try:
+            views = await self.status.snapshot(refresh=request.refresh)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception:
+            log.exception("Status failed", extra={"request_id": rid})
+            await abort(context, internal_status(rid))
+            raise  # unreachable: abort raises
         models = []
         for v in views:
             checked = timestamp_pb2.Timestamp()
@@ -206,6 +214,12 @@ class LLMProxyServicer(llmproxy_pb2_grpc.LLMProxyServicer):
         except LLMProxyError as error:
             await abort(context, to_rpc_status(error, rid))
             raise  # unreachable: abort raises
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception:
+            log.exception("GetUsage failed", extra={"request_id": rid})
+            await abort(context, internal_status(rid))
+            raise  # unreachable: abort raises
 
     async def Download(
         self, request: pb.DownloadRequest, context: grpc.aio.ServicerContext
@@ -219,7 +233,16 @@ class LLMProxyServicer(llmproxy_pb2_grpc.LLMProxyServicer):
             )
             await abort(context, to_rpc_status(error, rid))
         # PDF and DOCX rendering is CPU work: keep it off the event loop.
-        document = await asyncio.to_thread(render_document, request.content, fmt, request.filename)
+        try:
+            document = await asyncio.to_thread(
+                render_document, request.content, fmt, request.filename
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("Download failed", extra={"request_id": rid})
+            await abort(context, internal_status(rid))
+            raise  # unreachable: abort raises
         return pb.DownloadResponse(
             filename=document.filename, content_type=document.content_type, data=document.data
         )
