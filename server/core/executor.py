@@ -275,9 +275,11 @@ class Executor:
                 run.attempts.append(
                     Attempt(deployment.name, deployment.provider_name, CANCELLED, spent_ms)
                 )
+        # No text: Started goes out only after the outcome is recorded, so a caller
+        # leaving at that yield cannot strand the breaker's half-open probe.
+        silent = first_token_at is None
         if first_token_at is None:
             first_token_at = upstream_done
-            yield Started(deployment.name, deployment.provider_name)
         assert finish is not None, "provider stream ended without a Finish event"
         usage = finish.usage or self._estimate_usage(deployment, query, "".join(parts))
         spans.end_attempt(span, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
@@ -286,6 +288,8 @@ class Executor:
         deployment.breaker.record_success()
         run.attempts.append(Attempt(deployment.name, deployment.provider_name, "", int(latency_ms)))
         run.upstream_s += upstream_done - t0
+        if silent:
+            yield Started(deployment.name, deployment.provider_name)
         now = time.perf_counter()
         started_at = run.started_at
         yield Completed(

@@ -193,3 +193,31 @@ async def test_proxy_overhead_counts_time_spent_downstream_not_upstream_waits():
     # Two deltas held downstream ~30 ms each; the 100 ms upstream wait is excluded.
     assert 55_000 <= done.proxy_overhead_us < 95_000
     assert done.response_time_ms >= 155
+
+
+class SilentProvider(MemoryProvider):
+    """Answers with no text at all (a content filter, max_tokens 0): only a Finish."""
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[ProviderEvent]:
+        self.calls.append(request.model)
+        yield Finish(FinishReason.STOP, "stop", Usage(3, 0))
+
+
+async def test_a_caller_leaving_before_an_empty_answer_completes_releases_the_probe():
+    settings = Settings(
+        providers=[{"name": "memory", "type": "mock"}],
+        models=[{"name": "a", "provider": "memory"}],
+        resilience={"circuit_breaker": {"consecutive_failures": 1, "cooldown_s": 0}},
+    )
+    provider = SilentProvider({})
+    deployments = build_deployments(settings.models, {"memory": provider}, settings.resilience)
+    router = Router(Catalog(deployments, settings.groups, settings.routing, settings.resilience))
+    a = router.catalog.deployments["a"]
+    a.breaker.record_failure()  # half-open on the next call
+    query = QueryInput((Message(Role.USER, "hello"),), model="a")
+    stream = Executor().stream(router.plan(query, CallContext()), query, CallContext())
+    assert type(await anext(stream)).__name__ == "Started"
+    await stream.aclose()
+    # The upstream answered: its outcome counts, and the probe slot is not held forever.
+    assert a.breaker.probes == 0 and a.breaker.state is CircuitState.CLOSED
+    assert a.stats.in_flight == 0 and router.catalog.active == 0
