@@ -30,6 +30,9 @@ from llmproxy.server.providers.keys import KeyPool
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# The most of an error answer we read: enough for any real error object, while an
+# upstream sending megabytes (or an endless body) cannot fill memory or hold the call.
+MAX_ERROR_BODY = 64 * 1024
 Lease = tuple[str, str] | None  # (secret, label) from the KeyPool; None without keys
 
 
@@ -56,6 +59,19 @@ def option(settings: ProviderSettings, name: str, kind: type[T], default: T) -> 
             f"not {type(value).__name__}"
         )
     return value
+
+
+async def read_bounded(response: httpx.Response, limit: int = MAX_ERROR_BODY) -> bytes:
+    """At most `limit` bytes of the body; the rest is never read (the connection closes)."""
+    chunks: list[bytes] = []
+    size = 0
+    async with contextlib.aclosing(response.aiter_bytes()) as reader:
+        async for chunk in reader:
+            chunks.append(chunk)
+            size += len(chunk)
+            if size >= limit:
+                break
+    return b"".join(chunks)[:limit]
 
 
 def body_excerpt(body: bytes) -> str:
@@ -169,7 +185,7 @@ class HttpChatProvider(Provider):
                             async for event in events:
                                 yield event
                         return
-                    body = await response.aread()
+                    body = await read_bounded(response)
                 if (finish := self.finish_from_error(response.status_code, body)) is not None:
                     yield finish
                     return
@@ -206,16 +222,18 @@ class HttpChatProvider(Provider):
         while True:
             headers = self._request_headers(lease, "GET", url)
             try:
-                response = await self.client.get(url, headers=headers)
+                async with self.client.stream("GET", url, headers=headers) as response:
+                    ok = response.status_code == 200
+                    body = await (response.aread() if ok else read_bounded(response))
             except httpx.TransportError as exc:
                 raise classify_transport_error(exc, provider=self.name) from None
-            if response.status_code == 200:
+            if ok:
                 try:
-                    return self.parse_models(orjson.loads(response.content))
+                    return self.parse_models(orjson.loads(body))
                 except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
                     raise UpstreamProtocolError(
                         f"{self.name}: malformed models list", provider=self.name, status=200
                     ) from None
-            error = self._error(response, response.content, lease)
+            error = self._error(response, body, lease)
             if (lease := self._refused(lease, error, tried)) is None:
                 raise error
