@@ -98,3 +98,12 @@ async def test_metrics_and_probes(base_url, http):
             assert r.status == 200
     async with http.get(f"{base_url}/readyz") as r:
         assert (await r.json()) == {"status": "serving"}
+
+
+@pytest.mark.parametrize("raw", [b"5", b"null", b"true", b'"text"'])
+async def test_a_json_body_that_is_not_an_object_is_a_bad_request(base_url, http, raw):
+    async with http.post(
+        f"{base_url}/api/query", data=raw, headers={"content-type": "application/json"}
+    ) as r:
+        assert r.status == 400
+        assert (await r.json())["code"] == 3

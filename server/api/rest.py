@@ -141,6 +141,9 @@ class RestShim:
                 body = orjson.loads(raw) if raw else {}
             except orjson.JSONDecodeError as exc:
                 raise json_format.ParseError(f"request body is not valid JSON: {exc}") from None
+            if not isinstance(body, dict):
+                # ParseDict raises TypeError (a 500) for a bare number, null or boolean.
+                raise json_format.ParseError("request body must be a JSON object")
             json_format.ParseDict(body, message)
         elif request.query:
             json_format.ParseDict(dict(request.query), message)
