@@ -3,11 +3,15 @@ and the other is cancelled at the upstream."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 
 import pytest
 
+from llmproxy.server.core.routing.hedge import HedgeRace
+from llmproxy.server.domain import TextDelta
+from llmproxy.server.errors import UpstreamUnavailableError
 from tests.fakes.openai_fake import PROMPT_TOKENS, REPLY
 from tests.routing.scripted import fail, ok, routing_config, scripted_upstream
 from tests.support.running import running_client, settings_for
@@ -91,3 +95,26 @@ async def test_the_threshold_can_follow_the_observed_p95_time_to_first_token(ups
         result = await client.query("hi", model="g")
     assert result.done.model == "b"
     assert time.monotonic() - started < 1.0
+
+
+async def test_events_the_loser_queued_before_losing_never_reach_the_caller():
+    """Both attempts answer in the same loop turn: the loser's already-queued events
+    (text, its end, its failure) must be dropped, not streamed or raised as the winner's."""
+    go = asyncio.Event()
+
+    async def primary():
+        await go.wait()
+        yield TextDelta("p1")
+        await asyncio.sleep(0.05)
+        yield TextDelta("p2")
+
+    async def backup():
+        go.set()
+        await asyncio.sleep(0)  # the primary queues its first event, then this one does
+        yield TextDelta("b1")
+        raise UpstreamUnavailableError("backup broke", provider="x")
+
+    race = HedgeRace(primary(), backup, 0.01)
+    got = [e.text async for e in race.events()]
+    assert race.winner == 0
+    assert got == ["p1", "p2"]

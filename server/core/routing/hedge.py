@@ -62,7 +62,9 @@ class HedgeRace:
             )
             yield first
             while True:
-                _, item = await queue.get()
+                tag, item = await queue.get()
+                if tag != self.winner:
+                    continue  # queued by the loser before it was cancelled
                 if item is _END:
                     return
                 if isinstance(item, BaseException):
