@@ -108,3 +108,23 @@ async def test_counters_are_exposed_to_prometheus():
     await writer.flush()
     assert registry.get_sample_value("llmproxy_ledger_records_written_total") == 1
     assert registry.get_sample_value("llmproxy_ledger_records_dropped_total") == 0
+
+
+async def test_a_usage_read_cancelled_mid_flush_loses_no_records():
+    """GetUsage flushes first; its caller leaving (deadline, cancel) must not drop the batch."""
+
+    class SlowLedger(ListLedger):
+        async def write(self, records: list[UsageRecord]) -> None:
+            await asyncio.sleep(0.05)
+            await super().write(records)
+
+    backend = SlowLedger()
+    writer = LedgerWriter(backend, flush_interval_s=60)
+    await writer.start()
+    writer.enqueue(record(1))
+    reader = asyncio.create_task(writer.aggregate(None))  # type: ignore[arg-type]
+    await asyncio.sleep(0.01)  # the read's flush is writing the batch
+    reader.cancel()
+    await asyncio.gather(reader, return_exceptions=True)
+    await writer.stop()
+    assert [r.request_id for r in backend.records] == ["r1"]

@@ -127,7 +127,9 @@ class LedgerWriter:
 
     async def aggregate(self, where: UsageFilter) -> list[UsageAggregate]:
         """Reads this replica's own writes: pending records are flushed first."""
-        await self.flush()
+        # Shielded: a reader leaving mid-write (deadline, cancel) would otherwise drop the
+        # batch, which is already out of the buffer; stop() waits for it under the lock.
+        await asyncio.shield(self.flush())
         await self._open()
         return await self.backend.aggregate(where)
 
