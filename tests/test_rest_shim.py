@@ -107,3 +107,11 @@ async def test_a_json_body_that_is_not_an_object_is_a_bad_request(base_url, http
     ) as r:
         assert r.status == 400
         assert (await r.json())["code"] == 3
+
+
+@pytest.mark.parametrize("timeout", ["inf", "nan", "1e300"])
+async def test_an_unbounded_grpc_timeout_header_means_no_deadline_not_an_instant_504(
+    base_url, http, timeout
+):
+    async with http.get(f"{base_url}/api/status", headers={"grpc-timeout": timeout}) as r:
+        assert r.status == 200

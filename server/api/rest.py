@@ -8,6 +8,7 @@ failure), as grpc-gateway does; Download answers with the file itself.
 
 from __future__ import annotations
 
+import math
 import urllib.parse
 from dataclasses import dataclass
 
@@ -31,6 +32,9 @@ FORWARDED_HEADERS = (
     "traceparent",
     "tracestate",
 )
+
+# The longest Grpc-Timeout honoured (a year); longer ones are cut to it.
+MAX_TIMEOUT_S = 365 * 24 * 3600.0
 
 # As grpc-gateway maps them (runtime/errors.go HTTPStatusFromCode).
 HTTP_STATUS = {
@@ -178,9 +182,13 @@ def _timeout(request: web.Request) -> float | None:
     """grpc-gateway's Grpc-Timeout header, in seconds here (e.g. `2.5`)."""
     value = request.headers.get("grpc-timeout")
     try:
-        return float(value) if value else None
+        seconds = float(value) if value else None
     except ValueError:
         return None
+    # inf, nan or 1e300 would overflow gRPC's deadline and fail at once as DEADLINE_EXCEEDED.
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    return min(seconds, MAX_TIMEOUT_S)
 
 
 def _file_response(response: llmproxy_pb2.DownloadResponse) -> web.Response:
