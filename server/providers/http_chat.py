@@ -194,6 +194,12 @@ class HttpChatProvider(Provider):
                     raise error
         except httpx.TransportError as exc:
             raise classify_transport_error(exc, provider=self.name) from None
+        except httpx.DecodingError:
+            raise self._undecodable() from None
+
+    def _undecodable(self) -> UpstreamProtocolError:
+        """A body its content-encoding cannot decode (broken gzip): the upstream's fault."""
+        return UpstreamProtocolError(f"{self.name}: undecodable response body", provider=self.name)
 
     async def _read(self, response: httpx.Response) -> AsyncIterator[ProviderEvent]:
         decoder = self.new_decoder()
@@ -227,6 +233,8 @@ class HttpChatProvider(Provider):
                     body = await (response.aread() if ok else read_bounded(response))
             except httpx.TransportError as exc:
                 raise classify_transport_error(exc, provider=self.name) from None
+            except httpx.DecodingError:
+                raise self._undecodable() from None
             if ok:
                 try:
                     return self.parse_models(orjson.loads(body))
