@@ -34,6 +34,8 @@ T = TypeVar("T")
 # upstream sending megabytes (or an endless body) cannot fill memory or hold the call.
 MAX_ERROR_BODY = 64 * 1024
 Lease = tuple[str, str] | None  # (secret, label) from the KeyPool; None without keys
+# What a pure parser raises on valid JSON of the wrong shape (null, a string for an object).
+SHAPE_ERRORS = (AttributeError, IndexError, KeyError, TypeError, ValueError)
 
 
 class StreamDecoder(Protocol):
@@ -165,7 +167,12 @@ class HttpChatProvider(Provider):
         if lease is not None:
             # An upstream that echoes our key must not leak it into messages or logs.
             body = body.replace(lease[0].encode(), b"[redacted]")
-        return self.classify_error(response.status_code, response.headers, body)
+        try:
+            return self.classify_error(response.status_code, response.headers, body)
+        except SHAPE_ERRORS:
+            # An error body of an unexpected shape: the status alone still classifies it.
+            status, excerpt = response.status_code, body_excerpt(body)
+            return classify_status(status, excerpt, provider=self.name, headers=response.headers)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ProviderEvent]:
         assert self.client is not None, "an HTTP adapter needs a client"
@@ -197,6 +204,9 @@ class HttpChatProvider(Provider):
         except httpx.DecodingError:
             raise self._undecodable() from None
 
+    def _malformed(self) -> UpstreamProtocolError:
+        return UpstreamProtocolError(f"{self.name}: malformed stream chunk", provider=self.name)
+
     def _undecodable(self) -> UpstreamProtocolError:
         """A body its content-encoding cannot decode (broken gzip): the upstream's fault."""
         return UpstreamProtocolError(f"{self.name}: undecodable response body", provider=self.name)
@@ -205,11 +215,18 @@ class HttpChatProvider(Provider):
         decoder = self.new_decoder()
         async with contextlib.aclosing(response.aiter_bytes()) as chunks:
             async for data in chunks:
-                if text := decoder.feed(data):
+                try:
+                    text = decoder.feed(data)
+                except SHAPE_ERRORS:
+                    raise self._malformed() from None
+                if text:
                     yield TextDelta(text)
                 if decoder.done:
                     break
-            finish = decoder.finish()
+            try:
+                finish = decoder.finish()
+            except SHAPE_ERRORS:
+                raise self._malformed() from None
             try:
                 async with asyncio.timeout(self.drain_s):
                     async for _ in chunks:
