@@ -30,12 +30,12 @@ def is_content_filtered(status: int, body: bytes) -> bool:
         return False
     try:
         error = orjson.loads(body).get("error") or {}
-    except (orjson.JSONDecodeError, AttributeError):
+        inner = error.get("innererror") or {}
+        return error.get("code") == "content_filter" or (
+            inner.get("code") == "ResponsibleAIPolicyViolation"
+        )
+    except (orjson.JSONDecodeError, AttributeError):  # not JSON, or not the documented shape
         return False
-    inner = error.get("innererror") or {}
-    return error.get("code") == "content_filter" or (
-        inner.get("code") == "ResponsibleAIPolicyViolation"
-    )
 
 
 class AzureOpenAIProvider(OpenAIProvider):

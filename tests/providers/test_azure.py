@@ -95,6 +95,13 @@ def test_content_filter_error_body_is_recognised():
     assert not wire.is_content_filtered(400, b'{"error": {"code": "BadRequest"}}')
 
 
+@pytest.mark.parametrize(
+    "body", [b'{"error": "content_filter"}', b'{"error": {"innererror": "content_filter"}}']
+)
+def test_an_odd_content_filter_body_is_not_an_exception(body):
+    assert not wire.is_content_filtered(400, body)
+
+
 def test_filtered_stream_fixture_ends_with_content_filter():
     raw = (FIXTURES / "stream_filtered.sse").read_bytes()
     decoder = ChunkDecoder("azure", lambda e: AssertionError(e))
