@@ -104,6 +104,11 @@ class JwtVerifier:
                 f"token claim {self.config.key_id_claim!r} must be a string", "invalid_token"
             )
         scope = claims.get(self.config.scope_claim)
+        if scope is not None and not isinstance(scope, str | list):
+            raise unauthenticated(
+                f"token claim {self.config.scope_claim!r} must be a string or a list",
+                "invalid_token",
+            )
         models, rpcs = scopes_from_claim(scope)
         entries = scope.split() if isinstance(scope, str) else list(scope or ())
         return Principal(key_id, models, rpcs, method="jwt", sees_all_usage="usage:all" in entries)

@@ -213,8 +213,9 @@ async def test_jwt_accepted_and_its_scopes_apply(jwt_gateway, logs):
         (hs256(claims(), secret="not-the-secret-but-long-enough-012345"), "invalid_token"),
         (jwt.encode(claims(), None, algorithm="none"), "invalid_token"),
         (hs256({k: v for k, v in claims().items() if k != "sub"}), "invalid_token"),
+        (hs256(claims(scope=5)), "invalid_token"),
     ],
-    ids=["expired", "audience", "issuer", "signature", "alg-none", "no-subject"],
+    ids=["expired", "audience", "issuer", "signature", "alg-none", "no-subject", "scope-number"],
 )
 async def test_bad_tokens_are_unauthenticated(jwt_gateway, logs, token, cause):
     async with client_for(jwt_gateway, token) as client:
