@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import contextvars
 import inspect
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 from google.protobuf.message import Message
 
-from llmproxy.server.api.error_status import abort, to_rpc_status
+from llmproxy.server.api.error_status import abort, internal_status, to_rpc_status
 from llmproxy.server.errors import LLMProxyError
 from llmproxy.server.interceptors import handlers
 from llmproxy.server.interceptors.call import LLMPROXY_SERVICE, OBSERVERS, CallInfo, enter
+
+log = logging.getLogger(__name__)
 
 # The CallInterceptors that joined the running call, outermost first (see `join`).
 _HOOKS: contextvars.ContextVar[list[CallInterceptor] | None] = contextvars.ContextVar(
@@ -113,6 +116,12 @@ def _end_all(hooks: list[CallInterceptor], call: CallInfo, context, error) -> No
         hook.end(call)
 
 
+async def _abort_internal(context, call: CallInfo, failed: Exception) -> None:
+    """A bug in a hook or handler: INTERNAL with the request id; its text goes to the log only."""
+    log.error("%s failed", call.rpc, exc_info=failed, extra={"request_id": call.request_id})
+    await abort(context, internal_status(call.request_id))
+
+
 def _unary(service: str, rpc: str, inner: Callable[..., Any]):
     """Also serves coroutine-style streaming handlers (they write via context.write)."""
 
@@ -130,6 +139,12 @@ def _unary(service: str, rpc: str, inner: Callable[..., Any]):
         except LLMProxyError as refused:
             error = refused
             await abort(context, to_rpc_status(refused, call.request_id))
+        except grpc.aio.AbortError as aborted:
+            error = aborted
+            raise
+        except Exception as failed:
+            error = failed
+            await _abort_internal(context, call, failed)
         except BaseException as failed:
             error = failed
             raise
@@ -163,6 +178,12 @@ def _stream(service: str, rpc: str, inner: handlers.StreamBehavior):
         except LLMProxyError as refused:
             error = refused
             await abort(context, to_rpc_status(refused, call.request_id))
+        except grpc.aio.AbortError as aborted:
+            error = aborted
+            raise
+        except Exception as failed:
+            error = failed
+            await _abort_internal(context, call, failed)
         except BaseException as failed:
             error = failed
             raise

@@ -207,3 +207,23 @@ async def test_redis_down_fails_open_or_closed_as_configured(keys, logs, policy)
     )
     warnings = [r.getMessage() for r in logs.records if r.levelname == "WARNING"]
     assert f"rate-limit backend unavailable; failing {policy}" in warnings
+
+
+async def test_a_hook_failing_unexpectedly_is_internal_with_the_request_id(keys, monkeypatch):
+    """A bug in an interceptor's check becomes INTERNAL with a generic message, never
+    grpc's UNKNOWN carrying the exception's text."""
+    from llmproxy.server.security.buckets import MemoryBuckets
+
+    async def broken_take(self, buckets):
+        raise RuntimeError("redis://user:hunter2@cache broke")
+
+    monkeypatch.setattr(MemoryBuckets, "take", broken_take)
+    async with running_app(limits(keys)) as app:
+        c = client(app, keys["limited"])
+        try:
+            error = await refusal(c.status())
+        finally:
+            await c.close()
+    assert error.code() == grpc.StatusCode.INTERNAL
+    assert "hunter2" not in (error.details() or "")
+    assert "request_id=" in error.details()
