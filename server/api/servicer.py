@@ -7,6 +7,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -85,16 +86,19 @@ class LLMProxyServicer(llmproxy_pb2_grpc.LLMProxyServicer):
         try:
             query = convert.to_query_input(request, rid)
             ctx = call_context(context, started, request.route_key)
-            async for event in self.queries.stream(query, ctx):
-                if type(event) is TextDelta:
-                    yield pb.QueryResponse(request_id=rid, delta=pb.TextDelta(text=event.text))
-                elif type(event) is Started:
-                    yield pb.QueryResponse(
-                        request_id=rid,
-                        start=pb.StreamStart(model=event.model, provider=event.provider),
-                    )
-                elif type(event) is Completed:
-                    yield pb.QueryResponse(request_id=rid, done=convert.to_done(event, rid))
+            # aclosing: when the caller leaves, the upstream call, breaker and usage record
+            # are settled now, inside this RPC, not whenever the loop collects the generator.
+            async with aclosing(self.queries.stream(query, ctx)) as events:
+                async for event in events:
+                    if type(event) is TextDelta:
+                        yield pb.QueryResponse(request_id=rid, delta=pb.TextDelta(text=event.text))
+                    elif type(event) is Started:
+                        yield pb.QueryResponse(
+                            request_id=rid,
+                            start=pb.StreamStart(model=event.model, provider=event.provider),
+                        )
+                    elif type(event) is Completed:
+                        yield pb.QueryResponse(request_id=rid, done=convert.to_done(event, rid))
         except LLMProxyError as error:
             await abort(context, to_rpc_status(error, rid))
         except (asyncio.CancelledError, grpc.aio.AbortError):
@@ -114,8 +118,9 @@ class LLMProxyServicer(llmproxy_pb2_grpc.LLMProxyServicer):
                 d.name for d in self.queries.router.catalog.for_task(request.task_type)
             ]
             ctx = call_context(context, started)
-            async for item in self.parallel.stream(models, query, ctx):
-                yield self._parallel_response(item, rid)
+            async with aclosing(self.parallel.stream(models, query, ctx)) as items:
+                async for item in items:
+                    yield self._parallel_response(item, rid)
         except LLMProxyError as error:
             await abort(context, to_rpc_status(error, rid))
         except (asyncio.CancelledError, grpc.aio.AbortError):

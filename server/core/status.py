@@ -78,7 +78,10 @@ class StatusService:
 
     async def _watch(self, interval_s: float) -> None:
         while True:
-            await self.snapshot(refresh=True)
+            try:
+                await self.snapshot(refresh=True)
+            except Exception:  # one bad round must not end the monitor for good
+                log.exception("background health check failed")
             await asyncio.sleep(interval_s)
 
     async def snapshot(self, *, refresh: bool = False) -> list[ModelStatusView]:
