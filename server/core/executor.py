@@ -4,6 +4,7 @@ before the first token; once text has reached the caller an attempt is never rep
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import AsyncIterator
@@ -38,8 +39,11 @@ from llmproxy.server.errors import (
     DeadlineExceededError,
     UnavailableError,
     UpstreamError,
+    UpstreamProtocolError,
 )
 from llmproxy.server.observability import spans
+
+log = logging.getLogger(__name__)
 
 # Attempt.error_reason of an attempt cut short by us (hedge lost) or by the caller leaving.
 CANCELLED = "CANCELLED"
@@ -202,7 +206,8 @@ class Executor:
         The breaker is acquired here, when the attempt really starts (a hedge
         task may be cancelled before it ever runs). From then on every way out
         records the outcome once: success, failure, or cancelled (caller gone,
-        deadline, hedge lost), which releases the breaker untouched.
+        deadline, hedge lost), which releases the breaker untouched. A bug in the
+        adapter (any other Exception) is a failure too, not a cancellation.
         """
         if not deployment.breaker.acquire():
             raise CircuitOpenError
@@ -245,27 +250,22 @@ class Executor:
                         downstream_s += time.perf_counter() - handed_off
                     else:
                         finish = event  # type: ignore[assignment]
+                if finish is None:  # a broken adapter: handled below like any other bug
+                    raise RuntimeError("provider stream ended without a Finish event")
             upstream_done = time.perf_counter() - downstream_s
             settled = True
             stats.in_flight -= 1
         except UpstreamError as error:
             settled = True
-            stats.in_flight -= 1
-            spent = time.perf_counter() - t0
-            run.upstream_s += spent
-            run.attempts.append(
-                Attempt(deployment.name, deployment.provider_name, error.reason, int(spent * 1000))
-            )
-            stats.record_failure(error.reason)
-            if counts_against(error):
-                deployment.breaker.record_failure()
-            else:
-                deployment.breaker.release()
-            self.observer.upstream_error(deployment.provider_name, deployment.name, error.reason)
-            spans.end_attempt(span, error_reason=error.reason)
-            if first_token_at is not None:
-                error.metadata["streamed"] = "true"
+            self._failed(deployment, run, span, error, t0, first_token_at is not None)
             raise
+        except Exception as bug:
+            # Not CancelledError or GeneratorExit (BaseExceptions): those stay cancellations.
+            settled = True
+            error = _adapter_failed(deployment, query, bug)
+            self._failed(deployment, run, span, error, t0, first_token_at is not None)
+            # from None: the stack is logged once, above; the caller gets the generic error.
+            raise error from None
         finally:
             if not settled:
                 spans.end_attempt(span, error_reason=CANCELLED)
@@ -280,7 +280,7 @@ class Executor:
         silent = first_token_at is None
         if first_token_at is None:
             first_token_at = upstream_done
-        assert finish is not None, "provider stream ended without a Finish event"
+        assert finish is not None  # checked inside the try, where a failure is recorded
         usage = finish.usage or self._estimate_usage(deployment, query, "".join(parts))
         spans.end_attempt(span, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
         latency_ms = (upstream_done - t0) * 1000
@@ -304,6 +304,32 @@ class Executor:
             attempts=list(run.attempts),
         )
 
+    def _failed(
+        self,
+        deployment: Deployment,
+        run: _Run,
+        span: spans.Span | None,
+        error: UpstreamError,
+        t0: float,
+        streamed: bool,
+    ) -> None:
+        """Record a failed attempt once: stats, breaker, observer, span and attempt list."""
+        deployment.stats.in_flight -= 1
+        spent = time.perf_counter() - t0
+        run.upstream_s += spent
+        run.attempts.append(
+            Attempt(deployment.name, deployment.provider_name, error.reason, int(spent * 1000))
+        )
+        deployment.stats.record_failure(error.reason)
+        if counts_against(error):
+            deployment.breaker.record_failure()
+        else:
+            deployment.breaker.release()
+        self.observer.upstream_error(deployment.provider_name, deployment.name, error.reason)
+        spans.end_attempt(span, error_reason=error.reason)
+        if streamed:
+            error.metadata["streamed"] = "true"
+
     @staticmethod
     def _estimate_usage(deployment: Deployment, query: QueryInput, text: str) -> Usage:
         model = deployment.config.upstream
@@ -312,6 +338,24 @@ class Executor:
             output_tokens=tokens.count_text(model, text),
             estimated=True,
         )
+
+
+def _adapter_failed(deployment: Deployment, query: QueryInput, bug: Exception) -> UpstreamError:
+    """A provider's unexpected exception as an upstream failure: the stack goes to the log,
+    the caller gets a generic message (the exception's text may hold a key or a URL)."""
+    log.error(
+        "%s: the adapter failed",
+        deployment.provider_name,
+        exc_info=bug,
+        extra={
+            "request_id": query.request_id,
+            "model": deployment.name,
+            "provider": deployment.provider_name,
+        },
+    )
+    return UpstreamProtocolError(
+        f"{deployment.provider_name}: the adapter failed", provider=deployment.provider_name
+    )
 
 
 def _plan_of(candidates: list[Deployment]) -> Plan:
