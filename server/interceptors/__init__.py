@@ -2,6 +2,8 @@
 
 The chain, outermost first (each sees everything the ones after it do, and their refusals):
 
+0. safety_net  an exception raised while the others pick the handler becomes INTERNAL
+               with a request id, not UNKNOWN carrying its text.
 1. tracing     (tracing.enabled) the server span: continues the caller's W3C trace
                context, so every later step, log line and upstream attempt is inside it.
 2. access_log  one JSON line per RPC, including calls refused further in; it is the
@@ -34,9 +36,10 @@ def build_interceptors(app: App) -> list[grpc.aio.ServerInterceptor]:
     """The chain, outermost first."""
     from llmproxy.server.interceptors.access_log import AccessLogInterceptor
     from llmproxy.server.interceptors.metrics import MetricsInterceptor
+    from llmproxy.server.interceptors.safety_net import SafetyNetInterceptor
 
     settings = app.settings
-    chain: list[grpc.aio.ServerInterceptor] = []
+    chain: list[grpc.aio.ServerInterceptor] = [SafetyNetInterceptor()]
     if settings.tracing.enabled:
         from llmproxy.server.interceptors.tracing import tracing_interceptor
         from llmproxy.server.observability.tracing import tracer_provider
