@@ -6,7 +6,6 @@ import email.utils
 import time
 from collections.abc import Mapping
 
-import aiohttp
 import httpx
 
 from llmproxy.server.errors import (
@@ -93,20 +92,11 @@ def key_cooldown_s(error: UpstreamError) -> float | None:
 
 def classify_transport_error(exc: Exception, *, provider: str) -> UpstreamError:
     """Connection-level failures: timeouts, refused and reset connections."""
-    if isinstance(exc, httpx.TimeoutException) and not _connection_failed(exc):
+    if isinstance(exc, httpx.TimeoutException):
         return UpstreamTimeoutError(
             f"{provider}: upstream timed out ({type(exc).__name__})", provider=provider
         )
     name = type(exc.__cause__ or exc).__name__
     return UpstreamUnavailableError(
         f"{provider}: upstream connection failed ({name})", provider=provider
-    )
-
-
-def _connection_failed(exc: Exception) -> bool:
-    """httpx-aiohttp reports every aiohttp connection error (refused, reset) as ConnectTimeout;
-    the aiohttp cause tells a refused or dropped connection from a real timeout."""
-    cause = exc.__cause__
-    return isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(
-        cause, aiohttp.ServerTimeoutError
     )

@@ -1,7 +1,8 @@
 """Builds the one pooled HTTP client each upstream gets.
 
-httpx is the API; the transport is aiohttp's (httpx-aiohttp), which measured
-about three times faster here than httpx's own for streamed responses.
+httpx is the API; under it runs our own HTTP/1.1 transport (transport.py), which
+relays a streamed answer with about a third of the CPU that httpx's default
+transport or httpx-aiohttp took here.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from httpx_aiohttp import AiohttpTransport
+
+from llmproxy.server.providers.transport import HTTPTransport
 
 # Distinct upstream URLs are few (one or two per configured model); past this the
 # cache starts over rather than grow with whatever a misbehaving caller sends.
@@ -83,7 +85,7 @@ def build_http_client(settings: HttpClientSettings, *, base_url: str = "") -> ht
     )
     return UpstreamClient(
         base_url=base_url,
-        transport=AiohttpTransport(limits=limits, trust_env=False),
+        transport=HTTPTransport(limits=limits),
         timeout=timeout,
         limits=limits,
         trust_env=False,

@@ -9,7 +9,6 @@ import pathlib
 import struct
 import uuid
 import zlib
-from urllib.parse import quote
 
 import boto3
 import botocore.exceptions
@@ -19,7 +18,7 @@ import pytest
 from botocore.config import Config
 from botocore.eventstream import EventStreamBuffer
 
-from llmproxy.server.domain import ChatRequest, FinishReason, Usage
+from llmproxy.server.domain import FinishReason, Usage
 from llmproxy.server.errors import (
     UpstreamAuthError,
     UpstreamContextTooLongError,
@@ -224,14 +223,15 @@ async def test_bad_credentials_are_auth_errors_without_the_secret(upstream, http
 
 
 async def test_signing_a_path_other_than_the_one_sent_is_refused(upstream, http):
-    # A transport that decodes %3A sends "v1:0" while "%3A" was signed: AWS would refuse it,
-    # and so does the fake. This is why model ids keep RFC 3986 path characters as they are.
-    class EncodesColons(wire.BedrockProvider):
-        def url(self, request: ChatRequest) -> str:
-            return f"{self.base_url}/model/{quote(request.model, safe='')}/converse-stream"
+    # A client that signs "v1%3A0" while it sends "v1:0" (or the reverse) is refused by
+    # AWS, and so by the fake: the transport must send the path exactly as it was signed.
+    class SignsDecodedPath(wire.BedrockProvider):
+        def authorize(self, headers, secret, method, url, content) -> None:
+            super().authorize(headers, secret, method, url.replace("v1:0", "v1%3A0"), content)
 
     p = provider(upstream, http)
-    bad = EncodesColons(p.settings, http, p.keys)
+    bad = SignsDecodedPath(p.settings, http, p.keys)
+    assert "v1:0/" in bad.url(chat(MODEL))
     with pytest.raises(UpstreamAuthError) as caught:
         await collect(bad, chat(MODEL))
     assert caught.value.metadata["upstream_code"] == "InvalidSignatureException"

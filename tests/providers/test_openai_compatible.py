@@ -81,7 +81,7 @@ async def test_refused_connection_is_unavailable_not_a_timeout(http):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with pytest.raises(UpstreamUnavailableError, match="ClientConnectorError"):
+    with pytest.raises(UpstreamUnavailableError, match="ConnectionRefusedError"):
         await collect(generic(f"http://127.0.0.1:{port}", http), chat("ok"))
 
 
