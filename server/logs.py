@@ -1,7 +1,10 @@
 """Structured JSON logs: one object per line, with whatever `extra` fields a call adds.
 
 Records are handed to a queue and formatted and written by a listener thread, so a
-slow stderr (a full pipe, a busy log collector) never blocks the event loop.
+slow stderr (a full pipe, a busy log collector) never blocks the event loop. The
+listener wakes on a timer and writes everything queued in one go: waking it for
+every record (a futex call and a GIL hand-over per access-log line) cost the event
+loop about a tenth of its time under load.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import logging
 import logging.handlers
 import queue
 import sys
+import threading
 from datetime import UTC, datetime
 
 import orjson
@@ -50,7 +54,56 @@ class _QueueHandler(logging.handlers.QueueHandler):
         return record
 
 
-def configure_logging(config: LoggingConfig) -> logging.handlers.QueueListener:
+class BatchingListener:
+    """Drains the queue every `interval_s` and writes the lines with one write call."""
+
+    def __init__(
+        self,
+        records: queue.SimpleQueue[logging.LogRecord],
+        handler: logging.StreamHandler,
+        interval_s: float = 0.05,
+    ) -> None:
+        self.records = records
+        self.handlers = (handler,)
+        self.interval_s = interval_s
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="llmproxy-log", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Writes out every queued line, then returns."""
+        self._stopping.set()
+        self._thread.join()
+        self._drain()
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self.interval_s):
+            self._drain()
+
+    def _drain(self) -> None:
+        (handler,) = self.handlers
+        lines = []
+        while True:
+            try:
+                record = self.records.get_nowait()
+            except queue.Empty:
+                break
+            if handler.filter(record) and record.levelno >= handler.level:
+                try:
+                    lines.append(handler.format(record))
+                except Exception:
+                    handler.handleError(record)
+        if lines:
+            try:
+                handler.stream.write("\n".join(lines) + "\n")
+                handler.flush()
+            except Exception:  # a closed or broken stderr: lose the lines, not the thread
+                pass
+
+
+def configure_logging(config: LoggingConfig) -> BatchingListener:
     """Install the handlers; the caller stops the returned listener at exit to flush."""
     handler = logging.StreamHandler(sys.stderr)
     if config.format == "json":
@@ -58,8 +111,10 @@ def configure_logging(config: LoggingConfig) -> logging.handlers.QueueListener:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    listener = logging.handlers.QueueListener(records, handler)
+    listener = BatchingListener(records, handler)
     listener.start()
+    # Nothing prints them; LogRecord would look each up for every line.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     root = logging.getLogger()
     root.handlers[:] = [_QueueHandler(records)]
     root.setLevel(config.level)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 
 import pytest
 
@@ -38,3 +39,20 @@ def test_lines_are_json_with_extra_fields_and_exceptions(captured):
     assert first["latency_ms"] == 12 and first["level"] == "info"
     assert second["request_id"] == "r-2"
     assert "ValueError: boom" in second["exception"]
+
+
+def test_lines_are_written_while_running_in_order_and_in_few_writes(captured, monkeypatch):
+    stream, listener = captured
+    writes = []
+    original = stream.write
+    monkeypatch.setattr(stream, "write", lambda text: writes.append(text) or original(text))
+    log = logging.getLogger("llmproxy.test")
+    for i in range(500):
+        log.info("line", extra={"n": i})
+    deadline = time.monotonic() + 5
+    while stream.getvalue().count("\n") < 500 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    numbers = [json.loads(line)["n"] for line in stream.getvalue().splitlines()]
+    assert numbers == list(range(500))  # written without stop(), every line, in order
+    assert len(writes) < 50  # batched, not one write per line
+    listener.stop()
