@@ -22,8 +22,8 @@ class SSEParser:
 
     def __init__(self) -> None:
         self._buffer = b""
-        self._data: list[str] = []
-        self._event = ""
+        self._data: list[bytes] = []
+        self._event = b""
         self._skip_lf = False
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
@@ -33,29 +33,32 @@ class SSEParser:
             chunk = chunk[1:]
         if chunk:
             self._skip_lf = chunk[-1:] == b"\r"
-        buf = self._buffer + chunk
+        buf = self._buffer + chunk if self._buffer else chunk
         if b"\r" in buf:
             buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         lines = buf.split(b"\n")
         self._buffer = lines.pop()
         events: list[SSEEvent] = []
+        data = self._data
+        # Bytes until an event is complete: one decode per event, not one per line.
         for raw in lines:
             if not raw:
-                if self._data:
-                    events.append(SSEEvent(self._event or "message", "\n".join(self._data)))
-                self._data = []
-                self._event = ""
-                continue
-            line = raw.decode("utf-8")
-            if line[0] == ":":
-                continue
-            name, _, value = line.partition(":")
-            if value[:1] == " ":
-                value = value[1:]
-            if name == "data":
-                self._data.append(value)
-            elif name == "event":
-                self._event = value
+                if data:
+                    text = data[0] if len(data) == 1 else b"\n".join(data)
+                    event = self._event.decode() if self._event else "message"
+                    events.append(SSEEvent(event, text.decode()))
+                    data = self._data = []
+                self._event = b""
+            elif raw[:5] == b"data:":
+                data.append(raw[6:] if raw[5:6] == b" " else raw[5:])
+            elif raw[:1] != b":":
+                name, _, value = raw.partition(b":")
+                if value[:1] == b" ":
+                    value = value[1:]
+                if name == b"data":
+                    data.append(value)
+                elif name == b"event":
+                    self._event = value
         return events
 
     @property
