@@ -305,7 +305,13 @@ class HTTPTransport(httpx.AsyncBaseTransport):
             except BaseException as exc:
                 conn.close()
                 self.release(conn)
-                stale = isinstance(exc, httpx.TransportError) and not conn.got_bytes
+                # Closed before a byte came back: stale. A timeout is not: the upstream
+                # may be working on the request, and sending it again would run it twice.
+                stale = (
+                    isinstance(exc, httpx.TransportError)
+                    and not isinstance(exc, httpx.TimeoutException)
+                    and not conn.got_bytes
+                )
                 if reused and stale and not fresh:
                     continue  # closed by the server while idle: once more on a new socket
                 raise
@@ -356,10 +362,19 @@ class HTTPTransport(httpx.AsyncBaseTransport):
         waiter = asyncio.get_running_loop().create_future()
         self._slot_waiters.append(waiter)
         timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        # Not wait_for: on 3.11 it swallows a cancellation that lands as the waiter is
+        # handed a slot, and a caller who left would go on to send its request.
         try:
-            await asyncio.wait_for(waiter, timeout)
-        except TimeoutError:
-            raise httpx.PoolTimeout("no upstream connection free within the pool timeout") from None
+            async with asyncio.timeout(timeout):
+                await waiter
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled():
+                self._notify_slot()  # handed a slot it will not take: pass it on
+            if isinstance(exc, TimeoutError):
+                raise httpx.PoolTimeout(
+                    "no upstream connection free within the pool timeout"
+                ) from None
+            raise
         finally:
             if waiter in self._slot_waiters:
                 self._slot_waiters.remove(waiter)
@@ -444,6 +459,10 @@ def _request_head(request: httpx.Request) -> bytes:
 async def _request_body(request: httpx.Request) -> bytes:
     """The whole body: requests to upstreams are small JSON documents, already in memory."""
     try:
-        return request.content
+        body = request.content
     except httpx.RequestNotRead:
-        return await request.aread()
+        body = await request.aread()
+    if "chunked" in request.headers.get("transfer-encoding", "").lower():
+        # httpx announced chunks for a streamed body of unknown length; read whole, it is one.
+        return b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n"
+    return body
