@@ -20,7 +20,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 REDIS_URL = "redis://127.0.0.1:6379/0"
 # A port nothing listens on: connections are refused at once.
 CLOSED_REDIS_URL = "redis://127.0.0.1:1/0"
-MODELS = ["ok", "ok2", "slow", "gated", "content-filter", "length", "truncated", "500"]
+MODELS = ["ok", "ok2", "slow", "gated", "content-filter", "length", "truncated", "500", "gated-500"]
 
 
 @pytest.fixture

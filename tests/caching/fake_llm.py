@@ -6,7 +6,7 @@ answer (same number) from a fresh one. The model name picks the scenario:
   ok (any other name)   normal stream                 gated    waits for the `release` event
   content-filter        finish_reason content_filter  length   finish_reason length
   truncated             chunks, then the stream ends  500      server error
-  slow                  one chunk per 30 ms
+  slow                  one chunk per 30 ms           gated-500  waits for `release`, then 500
 """
 
 from __future__ import annotations
@@ -51,7 +51,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = orjson.loads(entry.body)
     model = body["model"]
     n = len(fake.requests)
-    if model == "500":
+    if model == "gated-500":
+        fake.event(f"started:{model}").set()
+        release = fake.event("release")
+        while not release.is_set():
+            if await _closed(request):
+                break
+            await asyncio.sleep(0.01)
+    if model in ("500", "gated-500"):
         return web.Response(
             status=500,
             content_type="application/json",

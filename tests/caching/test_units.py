@@ -161,14 +161,14 @@ async def test_coalescer_shares_an_error_with_every_caller():
         raise UpstreamUnavailableError("boom", provider="p")
 
     coalescer = Coalescer()
-    flight = coalescer.start("k", produce, lambda events, done: None)
 
     async def caller():
-        return [e async for e in coalescer.subscribe(flight, lambda c, _: c)]
+        return [e async for e in coalescer.follow("k", produce, lambda *_: None, lambda c, *_: c)]
 
     tasks = [asyncio.create_task(caller()) for _ in range(3)]
     await asyncio.sleep(0.01)
-    assert coalescer.join("k") is flight and len(flight.subscribers) == 3
+    flight = coalescer.join("k")
+    assert flight is not None and len(flight.subscribers) == 3
     gate.set()
     results = await asyncio.gather(*tasks, return_exceptions=True)
     assert all(isinstance(r, UpstreamUnavailableError) for r in results)
@@ -189,9 +189,8 @@ async def test_coalescer_stores_once_and_only_on_completion():
     def on_completed(events, done):
         stored.append("".join(e.text for e in events if type(e) is TextDelta))
 
-    flight = coalescer.start("k", produce, on_completed)
     seen = [
-        [e async for e in coalescer.subscribe(flight, lambda c, _: c)],
+        [e async for e in coalescer.follow("k", produce, on_completed, lambda c, *_: c)],
     ]
     assert stored == ["ab"] and len(seen[0]) == 4
 
@@ -209,8 +208,7 @@ async def test_last_caller_leaving_cancels_the_shared_call():
         yield TextDelta("never")
 
     coalescer = Coalescer()
-    flight = coalescer.start("k", produce, lambda events, done: None)
-    stream = coalescer.subscribe(flight, lambda c, _: c)
+    stream = coalescer.follow("k", produce, lambda *_: None, lambda c, *_: c)
     assert type(await anext(stream)) is Started
     # A newcomer never joins a call that is being abandoned.
     await stream.aclose()

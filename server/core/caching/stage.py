@@ -47,14 +47,25 @@ async def marked(events: EventStream, status: CacheStatus) -> EventStream:
         yield event
 
 
-def shared_completed(started: float, completed: Completed, first_at: float | None) -> Completed:
-    """A coalesced caller's own Completed: its timings, and usage that cost it nothing."""
+def shared_completed(
+    started: float, completed: Completed, first_at: float | None, billed: bool
+) -> Completed:
+    """A coalesced caller's own Completed: its timings, and usage that cost it nothing
+    unless it is the one charged for the call (its starter having left)."""
     now = time.perf_counter()
+    response_time_ms = int((now - started) * 1000)
+    time_to_first_token_ms = int(((first_at or now) - started) * 1000)
+    if billed:
+        return replace(
+            completed,
+            response_time_ms=response_time_ms,
+            time_to_first_token_ms=time_to_first_token_ms,
+        )
     return replace(
         completed,
         usage=replace(completed.usage, from_cache=True),
-        response_time_ms=int((now - started) * 1000),
-        time_to_first_token_ms=int(((first_at or now) - started) * 1000),
+        response_time_ms=response_time_ms,
+        time_to_first_token_ms=time_to_first_token_ms,
         attempts=[],
         cache_status=CacheStatus.HIT,
     )
@@ -108,11 +119,8 @@ class ResponseCache:
                 return
             # The very same request in flight beats a semantic neighbour: join it at once.
             coalescer = self.coalescer
-            if coalescer is not None and (flight := coalescer.join(flight_key)) is not None:
-                async for event in coalescer.subscribe(flight, partial(shared_completed, started)):
-                    yield event
-                return
-            if self._wants_semantic(query, candidates):
+            in_flight = coalescer is not None and coalescer.join(flight_key) is not None
+            if not in_flight and self._wants_semantic(query, candidates):
                 assert self.semantic is not None
                 probe = await self.semantic.probe(query, candidates)
                 if probe is not None and probe.answer is not None:
@@ -126,10 +134,12 @@ class ResponseCache:
             probe = await self.semantic.probe(query, candidates)
         store = partial(self._store, candidates, digest, probe)
         if self.coalescer is not None and not refresh:
-            flight = self.coalescer.join(flight_key) or self.coalescer.start(
-                flight_key, produce, lambda events, done: store(_text_of(events), done)
-            )
-            async for event in self.coalescer.subscribe(flight, partial(shared_completed, started)):
+            async for event in self.coalescer.follow(
+                flight_key,
+                produce,
+                lambda events, done: store(_text_of(events), done),
+                partial(shared_completed, started),
+            ):
                 yield event
             return
         status = CacheStatus.REFRESH if refresh else CacheStatus.MISS
