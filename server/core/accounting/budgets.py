@@ -15,16 +15,17 @@ period it was admitted in, even if it settles after midnight.
 
 from __future__ import annotations
 
+import asyncio
 import calendar
 import itertools
 import logging
 import math
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from llmproxy.server.config.caching import BudgetConfig
 from llmproxy.server.errors import BudgetExceededError, QuotaViolation, UnavailableError
@@ -70,6 +71,10 @@ class Reservation:
 
 
 class BudgetStore(Protocol):
+    # Whether an operation can suspend (I/O): a caller cancelled meanwhile must not
+    # leave a hold behind, so Budgets shields such a reserve (see `Budgets.reserve`).
+    suspends: ClassVar[bool]
+
     async def reserve(
         self, slots: Sequence[Slot], rid: str, amount: int, expires_at: float
     ) -> Refusal | None:
@@ -100,6 +105,8 @@ def period_slot(config: BudgetConfig, now: float) -> Slot:
 
 class MemoryBudgetStore:
     """Per-process state for a single replica (the embedded default); no awaits inside."""
+
+    suspends = False
 
     def __init__(self) -> None:
         self._slots: dict[str, list[int]] = {}  # name -> [spent, reserved]
@@ -154,6 +161,8 @@ class Budgets:
         # Reservation ids: unique across replicas, cheaper than a uuid per request.
         self._rid_prefix = uuid.uuid4().hex[:16]
         self._rids = itertools.count()
+        # Settles and releases running off the requests' paths; `drain` waits for them.
+        self._pending: set[asyncio.Task[None]] = set()
 
     def applies_to(self, key_id: str) -> bool:
         return key_id in self.by_key
@@ -183,8 +192,12 @@ class Budgets:
         amount = to_nano(estimate_usd)
         # A replica that dies mid-request cannot release; its hold lapses after this.
         hold = self.reservation_ttl_s if deadline_s is None else deadline_s + 60
+        reservation = Reservation(rid, slots, amount)
         try:
-            refusal = await self.store.reserve(slots, rid, amount, now + hold)
+            if self.store.suspends:
+                refusal = await self._shielded_reserve(reservation, now + hold)
+            else:
+                refusal = await self.store.reserve(slots, rid, amount, now + hold)
         except Exception as error:
             if self.fail_open:
                 log.warning("budget store unavailable, admitting unaccounted: %r", error)
@@ -193,7 +206,39 @@ class Budgets:
             raise UnavailableError("the budget store is unavailable; try again") from None
         if refusal is not None:
             raise exceeded(refusal, now)
-        return Reservation(rid, slots, amount)
+        return reservation
+
+    async def _shielded_reserve(self, held: Reservation, expires_at: float) -> Refusal | None:
+        """The store's reserve, run to its end even if the caller is cancelled meanwhile:
+        the hold may already be in the store, so it is released once the store answers
+        (releasing earlier could reach the store before the hold does)."""
+        reserving = asyncio.ensure_future(
+            self.store.reserve(held.slots, held.id, held.amount, expires_at)
+        )
+        try:
+            return await asyncio.shield(reserving)
+        except asyncio.CancelledError:
+            self._track(self._release_after(reserving, held))
+            raise
+
+    async def _release_after(
+        self, reserving: asyncio.Future[Refusal | None], reservation: Reservation
+    ) -> None:
+        try:
+            refused = (await reserving) is not None
+        except Exception:
+            refused = False  # the hold may have been made before the failure: release it
+        if not refused:
+            await self.settle(reservation, 0.0)
+
+    def settle_soon(self, reservation: Reservation, cost_usd: float) -> None:
+        """`settle` in a task of its own, so a request cancelled meanwhile still settles."""
+        self._track(self.settle(reservation, cost_usd))
+
+    def _track(self, work: Coroutine[None, None, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     async def settle(self, reservation: Reservation, cost_usd: float) -> None:
         """Replace the hold with the real cost (0 releases it); never raises."""
@@ -201,6 +246,11 @@ class Budgets:
             await self.store.settle(reservation.slots, reservation.id, to_nano(cost_usd))
         except Exception:
             log.exception("budget settle failed; the hold lapses after its ttl")
+
+    async def drain(self) -> None:
+        """Wait for every settle and release under way (App.stop, after the server drained)."""
+        while self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
 
 
 def exceeded(refusal: Refusal, now: float) -> BudgetExceededError:

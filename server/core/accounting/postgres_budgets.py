@@ -66,6 +66,8 @@ END $$;
 
 
 class PostgresBudgetStore:
+    suspends = True
+
     def __init__(self, dsn: str, prefix: str = "llmproxy") -> None:
         self.dsn = dsn
         self.prefix = prefix  # validated as an SQL identifier by BudgetStoreConfig

@@ -69,6 +69,8 @@ KEEP_AFTER_PERIOD_S = 86_400
 
 
 class RedisBudgetStore:
+    suspends = True
+
     def __init__(self, url: str, prefix: str = "llmproxy", *, timeout_s: float = 1.0) -> None:
         self.client = redis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s

@@ -55,7 +55,6 @@ class UsageAccounting:
     ) -> None:
         self.budgets = budgets
         self.ledger = ledger
-        self._settles: set[asyncio.Task[None]] = set()
 
     async def track(
         self,
@@ -192,17 +191,14 @@ class UsageAccounting:
         return cost
 
     def _settle(self, reservation: Reservation | None, cost: float) -> None:
-        """Settle off the request's path; a task, so a cancelled request still releases."""
-        if reservation is None or self.budgets is None:
-            return
-        task = asyncio.get_running_loop().create_task(self.budgets.settle(reservation, cost))
-        self._settles.add(task)
-        task.add_done_callback(self._settles.discard)
+        """Settle off the request's path, so a cancelled request still releases."""
+        if reservation is not None and self.budgets is not None:
+            self.budgets.settle_soon(reservation, cost)
 
     async def drain(self) -> None:
         """Wait for every pending settle (App.stop, after the server has drained)."""
-        while self._settles:
-            await asyncio.gather(*self._settles, return_exceptions=True)
+        if self.budgets is not None:
+            await self.budgets.drain()
 
 
 def _serving_deployment(candidates: list[Deployment], serving: Started | None) -> Deployment | None:
