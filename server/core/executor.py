@@ -96,9 +96,10 @@ class Executor:
                 deployment = pending.pop(0)
                 tries, wait = 0, 0.0
                 failed: UpstreamError | None = None  # this candidate's last failure
+                refused = False  # whether its next attempt was refused for lack of time
                 while True:
                     if not self._fits(run, deployment, wait):
-                        out_of_time = True
+                        out_of_time = refused = True
                         break
                     if wait:
                         await asyncio.sleep(wait)
@@ -129,6 +130,8 @@ class Executor:
                         wait = delay
                 if failed is not None:
                     if not falls_back(failed, resilience):
+                        if refused:  # a retry would have followed, given the time
+                            raise _ran_out_of_time(run, failed) from failed
                         failed.metadata.setdefault("attempts", str(len(run.attempts)))
                         raise failed
                     pending = remaining_after(failed, deployment, pending)
@@ -137,13 +140,17 @@ class Executor:
         finally:
             if catalog is not None:
                 catalog.active -= 1
+        # Time refused a retry or a candidate: more of it might have brought an answer, so
+        # the caller (and the coalescer) must see the deadline, not the last failure.
+        if out_of_time:
+            if last_error is None:
+                raise DeadlineExceededError(
+                    "no candidate can finish before the deadline, judging by its observed latency"
+                )
+            raise _ran_out_of_time(run, last_error) from last_error
         if last_error is not None:
             last_error.metadata.setdefault("attempts", str(len(run.attempts)))
             raise last_error
-        if out_of_time:
-            raise DeadlineExceededError(
-                "no candidate can finish before the deadline, judging by its observed latency"
-            )
         raise UnavailableError("no deployment is available for this request (circuits open)")
 
     def _retry_delay(self, error: UpstreamError, tries: int, plan: Plan) -> float | None:
@@ -355,6 +362,18 @@ def _adapter_failed(deployment: Deployment, query: QueryInput, bug: Exception) -
     )
     return UpstreamProtocolError(
         f"{deployment.provider_name}: the adapter failed", provider=deployment.provider_name
+    )
+
+
+def _ran_out_of_time(run: _Run, last: UpstreamError) -> DeadlineExceededError:
+    """The deadline, not `last`, stopped the run: name only the last failure's reason
+    (its message stays out: the upstream's own text has no place in ours)."""
+    attempts = len(run.attempts)
+    return DeadlineExceededError(
+        f"ran out of time after {attempts} attempt{'s' if attempts != 1 else ''}: the next "
+        f"retry or fallback could not finish before the deadline "
+        f"(last upstream failure: {last.reason})",
+        metadata={"attempts": str(attempts), "last_reason": last.reason},
     )
 
 

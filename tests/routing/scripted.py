@@ -29,7 +29,7 @@ class Behaviour:
     kind: str = "ok"  # ok | status | die | hang | reset
     status: int = 200
     retry_after_ms: float | None = None
-    ttft_s: float = 0.0  # delay before the first content chunk
+    ttft_s: float = 0.0  # delay before the first content chunk (or the error status)
     gap_s: float = 0.0  # delay between content chunks
     words: int = len(REPLY)
     code: str | None = None  # OpenAI error code, e.g. context_length_exceeded
@@ -39,8 +39,16 @@ def ok(ttft_s: float = 0.0, gap_s: float = 0.0, words: int = len(REPLY)) -> Beha
     return Behaviour("ok", ttft_s=ttft_s, gap_s=gap_s, words=words)
 
 
-def fail(status: int, retry_after_ms: float | None = None, code: str | None = None) -> Behaviour:
-    return Behaviour("status", status=status, retry_after_ms=retry_after_ms, code=code)
+def fail(
+    status: int,
+    retry_after_ms: float | None = None,
+    code: str | None = None,
+    after_s: float = 0.0,
+) -> Behaviour:
+    """Answer `status`, after holding the request `after_s` seconds."""
+    return Behaviour(
+        "status", status=status, retry_after_ms=retry_after_ms, code=code, ttft_s=after_s
+    )
 
 
 def die(after_words: int = 2) -> Behaviour:
@@ -119,6 +127,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         await state._end(call, "failed")
         return web.Response(status=500)
     if b.kind == "status":
+        if b.ttft_s and await _sleep_or_disconnect(request, b.ttft_s):
+            await state._end(call, "disconnected")
+            return web.Response(status=499)
         headers = {}
         if b.retry_after_ms is not None:
             headers["retry-after-ms"] = str(int(b.retry_after_ms))
