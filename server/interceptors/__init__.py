@@ -10,10 +10,12 @@ The chain, outermost first (each sees everything the ones after it do, and their
                outermost call observer, so it owns the per-call record (request id,
                outcomes read once from the stream's done events) the others share.
 3. metrics     Prometheus counts and histograms for every call, refused ones too.
-4. auth        (auth.enabled, or mTLS identities) who is calling and what they may
+4. refusals    (a usage ledger configured) a ledger record for each Query and
+               ParallelQuery refused before the core, which records all the others.
+5. auth        (auth.enabled, or mTLS identities) who is calling and what they may
                call; refuses before any limit is charged, so strangers cannot drain a
                caller's bucket. Health and reflection pass without credentials.
-5. rate_limit  (any limit configured) charges the caller's buckets just before the
+6. rate_limit  (any limit configured) charges the caller's buckets just before the
                handler and settles tokens after it, when usage is known.
 
 A step that is switched off is not in the chain at all, so it costs nothing.
@@ -47,6 +49,9 @@ def build_interceptors(app: App) -> list[grpc.aio.ServerInterceptor]:
         chain.append(tracing_interceptor(tracer_provider()))
     chain.append(AccessLogInterceptor(log_content=settings.logging.log_content))
     chain.append(MetricsInterceptor(app.metrics))
+    refusals = build_refusal_ledger(app)
+    if refusals is not None:
+        chain.append(refusals)
     auth = build_auth(app)
     if auth is not None:
         chain.append(auth)
@@ -54,6 +59,18 @@ def build_interceptors(app: App) -> list[grpc.aio.ServerInterceptor]:
     if limits is not None:
         chain.append(limits)
     return chain
+
+
+def build_refusal_ledger(app: App) -> grpc.aio.ServerInterceptor | None:
+    from llmproxy.server.core.accounting.stage import UsageAccounting
+
+    # The stage the query path records with: it tells the hook which calls it recorded.
+    stage = app.queries.accounting
+    if not isinstance(stage, UsageAccounting) or stage.ledger is None:
+        return None
+    from llmproxy.server.interceptors.refusals import RefusalLedgerInterceptor
+
+    return RefusalLedgerInterceptor(stage)
 
 
 def build_auth(app: App) -> grpc.aio.ServerInterceptor | None:

@@ -8,6 +8,7 @@ status and proxy overhead), and closed with the status code (`CallInfo.finish`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import os
 import random
@@ -17,7 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
 
+from llmproxy.server.errors import LLMProxyError
 from llmproxy.server.interceptors.identity import current_key_id
 from llmproxy.v1 import llmproxy_pb2 as pb
 
@@ -54,6 +58,8 @@ class CallInfo:
     trace_id: str = ""
     # The gRPC status code's name, set when the call ends.
     code: str | None = None
+    # A failed call's ErrorInfo reason (RATE_LIMITED, INVALID_REQUEST, ...), or its code.
+    reason: str = ""
     duration_s: float = 0.0
     outcomes: list[Outcome] = field(default_factory=list)
     # The model and provider announced by a Query's start event.
@@ -66,6 +72,8 @@ class CallInfo:
     reservation: Any = None
     # How many interceptors' `begin` ran (their `end` runs).
     begun: int = 0
+    # The core wrote this call's ledger record(s) (see `mark_recorded`).
+    recorded: bool = False
 
     @property
     def input_tokens(self) -> int:
@@ -80,6 +88,8 @@ class CallInfo:
             return
         self.duration_s = time.perf_counter() - self.started
         self.code = status_name(context, error)
+        if self.code != OK:
+            self.reason = reason_of(context, error) or self.code
         if self.rpc == "ParallelQuery" and self.outcomes:
             return  # each model reported its own outcome
         if self.outcomes:  # a Query that sent its done event
@@ -125,6 +135,31 @@ def status_name(context: grpc.aio.ServicerContext, error: BaseException | None) 
     if isinstance(error, asyncio.CancelledError | GeneratorExit):
         return "CANCELLED"
     return "UNKNOWN"
+
+
+def reason_of(context: grpc.aio.ServicerContext, error: BaseException | None) -> str:
+    """The ErrorInfo reason the call was refused with: from the error, else from the
+    status details an abort left in the trailing metadata (servicer, auth refusals)."""
+    if isinstance(error, LLMProxyError):
+        return error.reason
+    for key, value in context.trailing_metadata() or ():
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            info = error_details_pb2.ErrorInfo()
+            with contextlib.suppress(DecodeError):  # not ours: the code will do
+                for detail in status_pb2.Status.FromString(value).details:
+                    if detail.Unpack(info):
+                        return info.reason
+    return ""
+
+
+def mark_recorded() -> None:
+    """The core wrote the running call's ledger record: no refusal record is due for it.
+
+    Called from ParallelQuery's per-model tasks too; they share the call's CallInfo.
+    """
+    call = _CALL.get()
+    if call is not None:
+        call.recorded = True
 
 
 def enter(service: str, rpc: str, request: Any) -> CallInfo:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from llmproxy.server.core import tokens
 from llmproxy.server.core.accounting.budgets import Budgets, Reservation
@@ -55,6 +55,9 @@ class UsageAccounting:
     ) -> None:
         self.budgets = budgets
         self.ledger = ledger
+        # Told each time a request's record is enqueued, so the API layer can record
+        # the requests refused before they got here (and only those): see `refuse`.
+        self.on_record: Callable[[], None] | None = None
 
     async def track(
         self,
@@ -132,6 +135,8 @@ class UsageAccounting:
                 usage.estimated,
             )
         )
+        if self.on_record is not None:
+            self.on_record()
 
     def reject(self, query: QueryInput, ctx: CallContext, error: LLMProxyError) -> None:
         """Record a request refused before any stage ran (unknown model, every circuit open)."""
@@ -188,7 +193,28 @@ class UsageAccounting:
                     usage.estimated,
                 )
             )
+            if self.on_record is not None:
+                self.on_record()
         return cost
+
+    def refuse(
+        self, request_id: str, key_id: str, model: str, reason: str, latency_ms: float
+    ) -> None:
+        """Record a request refused before the query path saw it (auth, rate limits,
+        invalid input): nothing was generated, so no tokens and no cost."""
+        if self.ledger is not None:
+            self.ledger.enqueue(
+                UsageRecord(
+                    time.time(),
+                    request_id,
+                    key_id,
+                    model,
+                    "",
+                    reason,
+                    CacheStatus.MISS.value,
+                    latency_ms=latency_ms,
+                )
+            )
 
     def _settle(self, reservation: Reservation | None, cost: float) -> None:
         """Settle off the request's path, so a cancelled request still releases."""
