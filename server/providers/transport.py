@@ -188,7 +188,8 @@ class _Connection(asyncio.Protocol):
         if self._paused:
             self._drained = asyncio.get_running_loop().create_future()
             try:
-                await asyncio.wait_for(self._drained, timeout)
+                async with asyncio.timeout(timeout):  # not wait_for: it can swallow a cancel
+                    await self._drained
             except TimeoutError:
                 raise httpx.WriteTimeout("timed out sending the request") from None
             finally:
