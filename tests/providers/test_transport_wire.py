@@ -1,4 +1,4 @@
-"""HTTPTransport on the wire: real loopback servers that send exactly the bytes each case needs."""
+"""HTTPTransport on the wire: response framing, streaming, errors and TLS, on loopback."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ import datetime
 import gzip
 import hashlib
 import ipaddress
-import re
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -20,132 +19,19 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from llmproxy.server.providers.http import HttpClientSettings, build_http_client
-from llmproxy.server.providers.transport import HIGH_WATER, HTTPTransport
+from llmproxy.server.providers.http1 import HIGH_WATER
+from llmproxy.server.providers.transport import HTTPTransport
+from tests.providers.raw_http import (
+    OK,
+    Peer,
+    RawServer,
+    answer_each,
+    client_for,
+    hang,
+    unfinished,
+)
 
 pytestmark = pytest.mark.timeout(5)
-
-OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-
-
-class Peer:
-    """One socket the server accepted, and the requests it read from it."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.requests: list[tuple[bytes, bytes]] = []
-        self.hung_up = asyncio.Event()  # the client closed its end
-
-    async def read_request(self) -> tuple[bytes, bytes] | None:
-        """The next complete request (head, body), or None when the client closed."""
-        try:
-            head = await self.reader.readuntil(b"\r\n\r\n")
-        except (asyncio.IncompleteReadError, ConnectionError):
-            self.hung_up.set()
-            return None
-        lowered = head.lower()
-        body = b""
-        if match := re.search(rb"\r\ncontent-length: *(\d+)", lowered):
-            body = await self.reader.readexactly(int(match[1]))
-        elif b"\r\ntransfer-encoding: chunked" in lowered:
-            while size := int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16):
-                body += (await self.reader.readexactly(size + 2))[:-2]
-            await self.reader.readuntil(b"\r\n")
-        self.requests.append((head, body))
-        return head, body
-
-    async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
-
-    async def read_to_eof(self, within: float = 10.0) -> bool:
-        """Discards what else the client sends; whether it hung up within `within` seconds."""
-        try:
-            async with asyncio.timeout(within):
-                while await self.reader.read(65536):
-                    pass
-        except TimeoutError:
-            return False
-        except ConnectionError:
-            pass
-        self.hung_up.set()
-        return True
-
-    async def sees_hang_up(self, within: float = 1.0) -> bool:
-        """Whether the client closes this socket within `within` seconds."""
-        try:
-            async with asyncio.timeout(within):
-                await self.hung_up.wait()
-        except TimeoutError:
-            return False
-        return True
-
-
-Handler = Callable[[Peer], Awaitable[None]]
-
-
-class RawServer:
-    """asyncio.start_server on 127.0.0.1:0; counts accepted and concurrently open sockets."""
-
-    def __init__(self, handler: Handler, ssl_context: ssl.SSLContext | None = None) -> None:
-        self._handler = handler
-        self._ssl = ssl_context
-        self._tasks: set[asyncio.Task] = set()
-        self.peers: list[Peer] = []
-        self.open = 0
-        self.peak = 0
-        self.url = ""
-
-    async def __aenter__(self) -> RawServer:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0, ssl=self._ssl)
-        port = self._server.sockets[0].getsockname()[1]
-        self.url = f"{'https' if self._ssl else 'http'}://127.0.0.1:{port}"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._server.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._tasks.add(asyncio.current_task())  # type: ignore[arg-type]
-        peer = Peer(reader, writer)
-        self.peers.append(peer)
-        self.open += 1
-        self.peak = max(self.peak, self.open)
-        try:
-            await self._handler(peer)
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
-            pass  # the client went away, or the test is over
-        finally:
-            self.open -= 1
-            writer.close()
-
-
-def answer_each(raw: bytes, *, close: bool = False, delay: float = 0.0) -> Handler:
-    """Answers every request on a socket with `raw`; with `close`, hangs up after the first."""
-
-    async def handler(peer: Peer) -> None:
-        while await peer.read_request() is not None:
-            await asyncio.sleep(delay)
-            await peer.send(raw)
-            if close:
-                return
-
-    return handler
-
-
-async def hang(peer: Peer) -> None:
-    """Reads the request and never answers; returns when the client hangs up."""
-    await peer.read_request()
-    await peer.read_to_eof()
-
-
-def client_for(*, timeout: float = 2.0, **limits: float) -> httpx.AsyncClient:
-    transport = HTTPTransport(limits=httpx.Limits(**limits))
-    return httpx.AsyncClient(transport=transport, timeout=timeout)
 
 
 # framing
@@ -248,140 +134,6 @@ async def test_request_bodies_arrive_intact_small_large_and_streamed() -> None:
     assert len(server.peers) == 1
 
 
-# the pool
-
-
-async def test_sequential_requests_share_one_connection_through_build_http_client() -> None:
-    async with RawServer(answer_each(OK)) as server:
-        client = build_http_client(HttpClientSettings(read_timeout_s=2.0), base_url=server.url)
-        try:
-            for i in range(10):
-                assert (await client.get(f"/{i}")).text == "ok"
-        finally:
-            await client.aclose()
-    assert len(server.peers) == 1
-    assert len(server.peers[0].requests) == 10
-
-
-async def test_concurrent_requests_open_several_connections_never_more_than_the_cap() -> None:
-    async with RawServer(answer_each(OK, delay=0.02)) as server:
-        settings = HttpClientSettings(read_timeout_s=2.0, max_connections=3)
-        client = build_http_client(settings, base_url=server.url)
-        try:
-            async with asyncio.timeout(3):
-                responses = await asyncio.gather(*(client.get(f"/{i}") for i in range(12)))
-        finally:
-            await client.aclose()
-    assert [r.text for r in responses] == ["ok"] * 12
-    assert server.peak == 3
-    assert len(server.peers) == 3  # the three were reused, not replaced
-    assert sum(len(peer.requests) for peer in server.peers) == 12
-
-
-async def test_an_idle_connection_older_than_keepalive_expiry_is_not_reused() -> None:
-    async with RawServer(answer_each(OK)) as server, client_for(keepalive_expiry=0.05) as client:
-        await client.get(server.url)
-        await client.get(server.url)  # right away: reused
-        await asyncio.sleep(0.1)
-        await client.get(server.url)  # too old: a new one
-        assert len(server.peers) == 2
-        assert await server.peers[0].sees_hang_up()  # and the expired one was closed
-
-
-async def test_connections_beyond_max_keepalive_are_closed_when_released() -> None:
-    server = RawServer(answer_each(OK, delay=0.02))
-    async with server, client_for(max_keepalive_connections=1) as client:
-        await asyncio.gather(client.get(server.url), client.get(server.url))
-        assert len(server.peers) == 2
-        eofs = await asyncio.gather(*(peer.sees_hang_up(within=0.3) for peer in server.peers))
-        assert sorted(eofs) == [False, True]
-
-
-async def test_aclose_closes_idle_connections() -> None:
-    async with RawServer(answer_each(OK, delay=0.02)) as server:
-        client = client_for()
-        await asyncio.gather(client.get(server.url), client.get(server.url))
-        assert len(server.peers) == 2
-        await client.aclose()
-        assert all(await asyncio.gather(*(peer.sees_hang_up() for peer in server.peers)))
-
-
-# stale connections and retries
-
-
-async def test_an_idle_connection_the_server_closed_is_replaced() -> None:
-    async def once_then_hang_up(peer: Peer) -> None:
-        await peer.read_request()
-        await peer.send(OK)
-
-    async with RawServer(once_then_hang_up) as server, client_for() as client:
-        await client.get(server.url)
-        await asyncio.sleep(0.05)  # the client has seen the EOF by now
-        assert (await client.get(server.url)).text == "ok"
-    assert [len(peer.requests) for peer in server.peers] == [1, 1]
-
-
-async def test_a_reused_connection_closed_before_answering_is_retried_once_on_a_new_one() -> None:
-    """The idle-close race: the server took the request, then closed without a byte."""
-
-    async def second_request_hangs_up(peer: Peer) -> None:
-        if len(server.peers) == 1:
-            await peer.read_request()
-            await peer.send(OK)
-            await peer.read_request()
-            return  # hangs up with the request unanswered
-        await answer_each(OK)(peer)
-
-    async with RawServer(second_request_hangs_up) as server, client_for() as client:
-        await client.get(server.url + "/first")
-        response = await client.post(server.url + "/second", content=b"once")
-        assert response.text == "ok"
-    assert len(server.peers) == 2
-    assert [head.split(b" ")[1] for head, _ in server.peers[1].requests] == [b"/second"]
-    assert server.peers[1].requests[0][1] == b"once"
-
-
-async def test_a_fresh_connection_closed_before_answering_is_not_retried() -> None:
-    async def hang_up(peer: Peer) -> None:
-        await peer.read_request()
-
-    async with RawServer(hang_up) as server, client_for() as client:
-        with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
-            await client.get(server.url)
-    assert len(server.peers) == 1
-
-
-async def test_a_reused_connection_that_answered_in_part_is_not_retried() -> None:
-    async def partial_second(peer: Peer) -> None:
-        await peer.read_request()
-        await peer.send(OK)
-        await peer.read_request()
-        await peer.send(b"HTTP/1.1 200 OK\r\nContent-Le")
-
-    async with RawServer(partial_second) as server, client_for() as client:
-        await client.get(server.url)
-        with pytest.raises(httpx.RemoteProtocolError):
-            await client.get(server.url)
-    assert len(server.peers) == 1
-
-
-async def test_a_read_timeout_on_a_reused_connection_is_not_retried() -> None:
-    """A silent upstream may be working on the request: sending it again would run it twice."""
-
-    async def answer_then_hang(peer: Peer) -> None:
-        await peer.read_request()
-        await peer.send(OK)
-        await hang(peer)
-
-    async with RawServer(answer_then_hang) as server, client_for(timeout=0.2) as client:
-        await client.get(server.url)
-        started = time.monotonic()
-        with pytest.raises(httpx.ReadTimeout):
-            await client.post(server.url, content=b"expensive")
-        assert time.monotonic() - started < 0.35
-    assert len(server.peers) == 1
-
-
 # streaming
 
 
@@ -405,13 +157,6 @@ async def test_chunks_arrive_as_they_are_sent() -> None:
             chunks.append(chunk)
             first_seen.set()
     assert chunks == [b"first", b"second"]
-
-
-async def unfinished(peer: Peer) -> None:
-    """Sends the head and one chunk of a body that never ends, until the client hangs up."""
-    await peer.read_request()
-    await peer.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nmore\r\n")
-    await peer.read_to_eof()
 
 
 async def test_a_consumer_that_stops_early_closes_the_connection() -> None:
@@ -500,16 +245,6 @@ async def test_a_refused_connection_is_a_connect_error_not_a_timeout() -> None:
                 await client.get(f"http://127.0.0.1:{port}/")
 
 
-async def test_pool_timeout_while_the_only_connection_is_held() -> None:
-    async with RawServer(unfinished) as server, client_for(max_connections=1) as client:
-        timeout = httpx.Timeout(2.0, pool=0.2)
-        async with client.stream("GET", server.url) as held:
-            assert held.status_code == 200
-            with pytest.raises(httpx.PoolTimeout):
-                await client.get(server.url, timeout=timeout)
-    assert len(server.peers) == 1
-
-
 @pytest.mark.parametrize(
     "raw",
     [
@@ -541,58 +276,6 @@ async def test_a_server_closing_mid_response_is_a_remote_protocol_error(raw: byt
     async with RawServer(answer_each(raw, close=True)) as server, client_for() as client:
         with pytest.raises(httpx.RemoteProtocolError):
             await client.get(server.url)
-
-
-# cancellation
-
-
-async def test_cancelling_a_request_waiting_for_headers_frees_its_connection() -> None:
-    eofs: list[bool] = []
-    waiting = asyncio.Event()
-
-    async def first_hangs(peer: Peer) -> None:
-        if len(server.peers) == 1:
-            await peer.read_request()
-            waiting.set()
-            eofs.append(await peer.read_to_eof(within=1.0))
-            return
-        await answer_each(OK)(peer)
-
-    async with RawServer(first_hangs) as server, client_for(max_connections=1) as client:
-        task = asyncio.create_task(client.get(server.url))
-        async with asyncio.timeout(1):
-            await waiting.wait()  # the request is out; the client waits for headers
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        response = await client.get(server.url, timeout=httpx.Timeout(2.0, pool=0.3))
-        assert response.text == "ok"
-    assert eofs == [True]
-
-
-async def test_a_waiter_cancelled_as_it_is_handed_the_slot_passes_it_on() -> None:
-    """The slot freed for a waiter that is cancelled in the same tick goes to the next one."""
-    gate = asyncio.Event()
-
-    async def first_gated(peer: Peer) -> None:
-        await peer.read_request()
-        await peer.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n")
-        await gate.wait()
-        await peer.send(b"0\r\n\r\n")
-        await answer_each(OK)(peer)
-
-    async with RawServer(first_gated) as server, client_for(max_connections=1) as client:
-        timeout = httpx.Timeout(2.0, pool=1.0)
-        async with client.stream("GET", server.url) as held:
-            second = asyncio.create_task(client.get(server.url, timeout=timeout))
-            third = asyncio.create_task(client.get(server.url, timeout=timeout))
-            await asyncio.sleep(0.05)  # both wait for the slot
-            gate.set()
-            await held.aread()  # releases the slot to `second`...
-        second.cancel()  # ...which is cancelled before it runs
-        results = await asyncio.gather(second, third, return_exceptions=True)
-    assert isinstance(results[0], asyncio.CancelledError)
-    assert isinstance(results[1], httpx.Response) and results[1].text == "ok"
 
 
 # TLS
