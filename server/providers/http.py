@@ -17,6 +17,14 @@ from llmproxy.server.providers.transport import HTTPTransport
 # Distinct upstream URLs are few (one or two per configured model); past this the
 # cache starts over rather than grow with whatever a misbehaving caller sends.
 URL_CACHE_SIZE = 1024
+# build_request's arguments the one-step path handles; any other goes through httpx's own.
+_PLAIN_ARGS = frozenset({"method", "url", "content", "headers", "timeout"})
+DEFAULT = httpx.USE_CLIENT_DEFAULT
+
+
+def _plain(kwargs: dict[str, Any]) -> bool:
+    """Whether a build_request call sets only what the one-step path handles."""
+    return all(v is None for k, v in kwargs.items() if k not in _PLAIN_ARGS)
 
 
 class _NoCookies(httpx.Cookies):
@@ -34,14 +42,19 @@ class UpstreamClient(httpx.AsyncClient):
 
     No cookie jar: one client is shared by every caller, so a cookie set on one
     caller's answer must never ride along on another's request. URL strings are
-    parsed once, not by httpx's pure-Python parser on every request. Together
-    they cut the client's CPU per streamed request from about 305 to 240 us.
+    parsed once, not by httpx's pure-Python parser on every request.
+
+    The common call (absolute URL, headers and a body, no auth, hooks or redirects:
+    every adapter's) skips the layers it does not use: the request is built in one
+    step and sent straight to the transport. That took httpx's share of a streamed
+    request from about 60 to 25 us here (bench: 158 -> 124 us per request at c=1).
     """
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._urls: dict[str, httpx.URL] = {}
         self._no_cookies = _NoCookies()
+        self._timeout_ext = self.timeout.as_dict()
 
     @property
     def cookies(self) -> httpx.Cookies:
@@ -59,7 +72,45 @@ class UpstreamClient(httpx.AsyncClient):
                     self._urls.clear()
                 parsed = self._urls[url] = httpx.URL(url)
             url = parsed
+        if url.is_absolute_url and not self.params and _plain(kwargs):
+            headers = self.headers.copy()
+            if (extra := kwargs.get("headers")) is not None:
+                headers.update(extra)
+            timeout = kwargs.get("timeout", DEFAULT)
+            extensions = {
+                "timeout": self._timeout_ext
+                if timeout is DEFAULT
+                else httpx.Timeout(timeout).as_dict()
+            }
+            return httpx.Request(
+                method, url, content=kwargs.get("content"), headers=headers, extensions=extensions
+            )
         return super().build_request(method, url, **kwargs)
+
+    async def send(
+        self,
+        request: httpx.Request,
+        *,
+        stream: bool = False,
+        auth: Any = httpx.USE_CLIENT_DEFAULT,
+        follow_redirects: Any = httpx.USE_CLIENT_DEFAULT,
+    ) -> httpx.Response:
+        follow = self.follow_redirects if follow_redirects is DEFAULT else follow_redirects
+        plain = (auth is DEFAULT or auth is None) and self.auth is None and not follow
+        if not plain or self._event_hooks["request"] or self._event_hooks["response"]:
+            return await super().send(
+                request, stream=stream, auth=auth, follow_redirects=follow_redirects
+            )
+        if self.is_closed:
+            raise RuntimeError("Cannot send a request, as the client has been closed.")
+        response = await self._send_single_request(request)
+        if not stream:
+            try:
+                await response.aread()
+            except BaseException:
+                await response.aclose()
+                raise
+        return response
 
 
 @dataclass(slots=True, frozen=True)
