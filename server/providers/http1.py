@@ -80,8 +80,14 @@ class Connection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(httpx.RemoteProtocolError("unexpected protocol upgrade"))
+            return
         except httptools.HttpParserError as exc:
             self._fail(httpx.RemoteProtocolError(f"malformed HTTP response: {exc}"))
+            return
+        # One wake-up per read, not one per chunk: an SSE upstream sends a chunk per token.
+        if self.buffered > HIGH_WATER and not self.lost and self.transport is not None:
+            self.transport.pause_reading()
+        self._wake()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -128,19 +134,14 @@ class Connection(asyncio.Protocol):
         self.keep_alive = self.parser.should_keep_alive()
         if status in (204, 304):
             self._close_delimited = False
-        self._wake()
 
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
         self.buffered += len(body)
-        if self.buffered > HIGH_WATER and not self.lost and self.transport is not None:
-            self.transport.pause_reading()
-        self._wake()
 
     def on_message_complete(self) -> None:
         if self.status:  # not the end of an interim response
             self.complete = True
-            self._wake()
 
     # the exchange
 
