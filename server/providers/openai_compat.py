@@ -176,21 +176,22 @@ class ChunkDecoder:
 
     def feed(self, data: bytes) -> str:
         texts: list[str] = []
-        for event in self._sse.feed(data):
-            if event.data == "[DONE]":
+        # Bytes straight to orjson: no str or event object per chunk (one chunk per token).
+        for name, payload in self._sse.feed_raw(data):
+            if payload == b"[DONE]":
                 self.done = True
                 break
             try:
-                obj = orjson.loads(event.data)
+                obj = orjson.loads(payload)
             except orjson.JSONDecodeError:
                 raise UpstreamProtocolError(
                     f"{self.provider}: malformed stream chunk", provider=self.provider
                 ) from None
-            if not isinstance(obj, dict):
+            if type(obj) is not dict:
                 raise UpstreamProtocolError(
                     f"{self.provider}: stream chunk is not an object", provider=self.provider
                 )
-            if "error" in obj or event.event == "error":
+            if "error" in obj or name == b"error":
                 raise self.stream_error(obj.get("error", obj))
             self.read_chunk(obj, texts)
         return "".join(texts)
