@@ -14,6 +14,7 @@ import logging.handlers
 import queue
 import sys
 import threading
+import time
 from datetime import UTC, datetime
 
 import orjson
@@ -23,10 +24,59 @@ from llmproxy.server.config.observability import LoggingConfig
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
 
+def _iso(created: float) -> str:
+    return datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+
+
+class Entry:
+    """A line logged without a LogRecord: the access log's path, one per RPC.
+
+    Building a LogRecord and passing it through the logger tree cost the event loop
+    about as much as the rest of the access log together; an Entry is one queue put,
+    and the listener writes it exactly as JsonFormatter would the same record.
+    """
+
+    __slots__ = ("created", "fields", "levelno", "msg", "name", "worker")
+
+    def __init__(self, name: str, levelno: int, msg: str, fields: dict) -> None:
+        self.created = time.time()
+        self.name, self.levelno, self.msg, self.fields = name, levelno, msg, fields
+        self.worker: int | None = None
+
+    def line(self) -> str:
+        entry = {
+            "time": _iso(self.created),
+            "level": logging.getLevelName(self.levelno).lower(),
+            "logger": self.name,
+            "message": self.msg,
+            **self.fields,
+        }
+        if self.worker is not None:
+            entry["worker"] = self.worker
+        return orjson.dumps(entry, default=str).decode()
+
+
+def log_fields(logger: logging.Logger, level: int, msg: str, fields: dict) -> None:
+    """`logger.log(level, msg, extra=fields)`, as an Entry when only our JSON queue would
+    see the record (no other handler or filter on the way to the root); else as a record."""
+    node: logging.Logger | None = logger
+    while node is not None and node.parent is not None:
+        if node.handlers or node.filters or not node.propagate:
+            break
+        node = node.parent
+    else:
+        handlers = node.handlers if node is not None else ()
+        if len(handlers) == 1 and type(handlers[0]) is _QueueHandler and handlers[0].direct:
+            handlers[0].queue.put_nowait(Entry(logger.name, level, msg, fields))
+            return
+    # What log.info does, minus the caller lookup (a stack walk) that nothing prints.
+    logger.handle(logger.makeRecord(logger.name, level, __file__, 0, msg, (), None, extra=fields))
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "time": _iso(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -44,6 +94,11 @@ class JsonFormatter(logging.Formatter):
 class _QueueHandler(logging.handlers.QueueHandler):
     """Freezes what must be read in the caller's thread (message, traceback) and
     leaves the formatting, the expensive part, to the listener thread."""
+
+    def __init__(self, records: queue.SimpleQueue, *, direct: bool = False) -> None:
+        super().__init__(records)
+        # Whether Entries may bypass the record (the lines are JSON, so they look alike).
+        self.direct = direct
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         record.msg = record.getMessage()
@@ -92,7 +147,10 @@ class BatchingListener:
                 break
             if handler.filter(record) and record.levelno >= handler.level:
                 try:
-                    lines.append(handler.format(record))
+                    if type(record) is Entry:
+                        lines.append(record.line())
+                    else:
+                        lines.append(handler.format(record))
                 except Exception:
                     handler.handleError(record)
         if lines:
@@ -116,6 +174,6 @@ def configure_logging(config: LoggingConfig) -> BatchingListener:
     # Nothing prints them; LogRecord would look each up for every line.
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     root = logging.getLogger()
-    root.handlers[:] = [_QueueHandler(records)]
+    root.handlers[:] = [_QueueHandler(records, direct=config.format == "json")]
     root.setLevel(config.level)
     return listener

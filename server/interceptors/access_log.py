@@ -15,6 +15,7 @@ from opentelemetry import trace
 
 from llmproxy.server.interceptors.base import CallInterceptor
 from llmproxy.server.interceptors.call import CallInfo
+from llmproxy.server.logs import log_fields
 
 log = logging.getLogger("llmproxy.access")
 
@@ -75,9 +76,7 @@ class AccessLogInterceptor(CallInterceptor):
         if call.prompt is not None:
             entry["prompt"] = call.prompt
             entry["answer"] = "".join(call.answer or ())
-        # makeRecord + handle: what log.info does, minus the caller lookup (a stack walk)
-        # that nothing here prints.
-        log.handle(log.makeRecord(log.name, level, __file__, 0, "rpc", (), None, extra=entry))
+        log_fields(log, level, "rpc", entry)
 
 
 def _prompt_of(request: Any) -> str:
