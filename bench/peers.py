@@ -165,7 +165,11 @@ class PeerBench:
         self.upstream_port = upstream_port
         # proxy.py's Bench builds the request bodies, and drives llmproxy's own load.
         self.gateway_bench = Bench(
-            argparse.Namespace(quick=args.quick, chunks=args.chunks, streams_per_connection=16),
+            argparse.Namespace(
+                quick=args.quick,
+                chunks=args.chunks,
+                streams_per_connection=args.streams_per_connection,
+            ),
             workdir,
         )
         self.body_file = self.gateway_bench.http_body_file
@@ -266,6 +270,7 @@ class PeerBench:
             return {
                 **result.summary(),
                 "workers": self.args.gateway_workers,
+                "streams_per_connection": self.args.streams_per_connection,
                 "cpu_ms_per_stream": round(sampler.usage.cpu_s * 1000 / n, 3),
                 "peak_rss_kb": sampler.usage.peak_rss_kb,
                 "checks": checks,
@@ -296,7 +301,10 @@ def render_markdown(report: dict) -> str:
     head = ["Measure", "Direct to upstream"]
     head += [f"Portkey {meta['portkey_version']} ({PROTOCOL_NAMES[p]})" for p in protocols]
     if gateway:
-        head.append(f"llmproxy (gRPC over h2, workers: {gateway['workers']})")
+        head.append(
+            f"llmproxy (gRPC over h2, workers: {gateway['workers']}, "
+            f"{gateway['streams_per_connection']} streams per connection)"
+        )
     rows = []
     for c, level in peer["loads"].items():
         cells = [level["direct"], *(level[f"portkey_{p}"] for p in protocols)]
@@ -345,6 +353,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--with-gateway", action="store_true", help="also measure llmproxy at 64 streams"
     )
     parser.add_argument("--gateway-workers", type=int, default=1, help="llmproxy serve --workers")
+    parser.add_argument(
+        "--streams-per-connection",
+        type=int,
+        default=16,
+        help="llmproxy's gRPC streams per h2load connection (the kernel spreads connections, "
+        "not streams, over workers)",
+    )
     parser.add_argument("--label", default="", help="a name for this run in the JSON")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results")
     parser.add_argument(
