@@ -38,6 +38,7 @@ class Connection(asyncio.Protocol):
         "idle_since",
         "keep_alive",
         "lost",
+        "on_settled",
         "origin",
         "parser",
         "reason",
@@ -53,6 +54,9 @@ class Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._drained: asyncio.Future[None] | None = None
         self._paused = False
+        # Set while the pool reads the rest of an answer its reader left (transport.py):
+        # called once the answer ends, fails or the socket closes.
+        self.on_settled: Callable[[], None] | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -84,6 +88,12 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(httpx.RemoteProtocolError(f"malformed HTTP response: {exc}"))
             return
+        if self.on_settled is not None:  # nobody reads these: the pool waits for the end
+            self.body.clear()
+            self.buffered = 0
+            if self.complete:
+                self.on_settled()
+            return
         # One wake-up per read, not one per chunk: an SSE upstream sends a chunk per token.
         if self.buffered > HIGH_WATER and not self.lost and self.transport is not None:
             self.transport.pause_reading()
@@ -102,6 +112,8 @@ class Connection(asyncio.Protocol):
         self._wake()
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
+        if self.on_settled is not None:
+            self.on_settled()
 
     def pause_writing(self) -> None:
         self._paused = True
@@ -196,6 +208,11 @@ class Connection(asyncio.Protocol):
         return data
 
     @property
+    def delimited(self) -> bool:
+        """Whether the answer's end is in its bytes (a length or chunks), not the socket's EOF."""
+        return not self._close_delimited
+
+    @property
     def reusable(self) -> bool:
         return self.complete and self.keep_alive and not self.lost and self.error is None
 
@@ -213,18 +230,26 @@ def _expire(waiter: asyncio.Future[None]) -> None:
 class ResponseBody(httpx.AsyncByteStream):
     """The body as it arrives: each step yields all bytes received since the last one."""
 
-    __slots__ = ("_closed", "_conn", "_read_timeout", "_release")
+    __slots__ = ("_closed", "_conn", "_read_rest", "_read_timeout", "_release")
 
     def __init__(
         self,
         conn: Connection,
-        release: Callable[[Connection], None],
+        release: Callable[[Connection, bool], None],
         read_timeout: float | None,
     ) -> None:
         self._conn = conn
         self._release = release
         self._read_timeout = read_timeout
         self._closed = False
+        self._read_rest = False
+
+    def finish_in_background(self) -> None:
+        """The reader has the whole answer (an SSE terminator event): when it closes the
+        body, the pool may read the bytes still due (chunked encoding's end) to reuse the
+        socket. Any other early close ends the exchange at once, upstream call included.
+        Offered to adapters as the response extension of the same name."""
+        self._read_rest = True
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         conn = self._conn
@@ -247,7 +272,7 @@ class ResponseBody(httpx.AsyncByteStream):
     def _finish(self) -> None:
         if not self._closed:
             self._closed = True
-            self._release(self._conn)
+            self._release(self._conn, self._read_rest)
 
 
 def request_head(request: httpx.Request) -> bytes:

@@ -8,7 +8,6 @@ streamed body fed to the decoder read by read, and the models listing.
 from __future__ import annotations
 
 import abc
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable
@@ -84,8 +83,6 @@ class HttpChatProvider(Provider):
     """Streams one POST per call; on a refused key, rests it and retries with another."""
 
     accept: ClassVar[str] = "text/event-stream"
-    # After the terminator, read on this long so the connection returns to the pool.
-    drain_s: ClassVar[float] = 0.25
 
     def __init__(
         self, settings: ProviderSettings, client: httpx.AsyncClient | None, keys: KeyPool
@@ -213,7 +210,10 @@ class HttpChatProvider(Provider):
 
     async def _read(self, response: httpx.Response) -> AsyncIterator[ProviderEvent]:
         decoder = self.new_decoder()
-        async with contextlib.aclosing(response.aiter_bytes()) as chunks:
+        # Unencoded (as SSE answers are), the raw bytes are the body: no decoder per read.
+        identity = "content-encoding" not in response.headers
+        reader = response.aiter_raw() if identity else response.aiter_bytes()
+        async with contextlib.aclosing(reader) as chunks:
             async for data in chunks:
                 try:
                     text = decoder.feed(data)
@@ -222,17 +222,15 @@ class HttpChatProvider(Provider):
                 if text:
                     yield TextDelta(text)
                 if decoder.done:
+                    # The answer ends at the terminator; what follows on the wire (the
+                    # chunked encoding's end) the pool may read in the background.
+                    if (read_rest := response.extensions.get("finish_in_background")) is not None:
+                        read_rest()
                     break
-            try:
-                finish = decoder.finish()
-            except SHAPE_ERRORS:
-                raise self._malformed() from None
-            try:
-                async with asyncio.timeout(self.drain_s):
-                    async for _ in chunks:
-                        pass
-            except (TimeoutError, httpx.HTTPError):
-                pass  # the answer is complete; only connection reuse is lost
+        try:
+            finish = decoder.finish()
+        except SHAPE_ERRORS:
+            raise self._malformed() from None
         yield finish
 
     async def list_models(self) -> list[str]:

@@ -34,6 +34,9 @@ from llmproxy.server.providers.http1 import (
 )
 
 DEFAULT_PORTS = {b"http": 80, b"https": 443}
+# How long the pool goes on reading an answer its reader finished before the body's end (an
+# SSE stream after its terminator event: the chunked encoding's last bytes) to reuse its socket.
+LINGER_S = 0.25
 
 
 class HTTPTransport(httpx.AsyncBaseTransport):
@@ -55,6 +58,7 @@ class HTTPTransport(httpx.AsyncBaseTransport):
         self._idle_count = 0
         self._open = 0
         self._slot_waiters: deque[asyncio.Future[None]] = deque()
+        self._lingering: set[Connection] = set()
         self._closed = False
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -96,11 +100,16 @@ class HTTPTransport(httpx.AsyncBaseTransport):
                     continue  # closed by the server while idle: once more on a new socket
                 raise
             break
+        body = ResponseBody(conn, self.release, timeouts.get("read"))
         return httpx.Response(
             conn.status,
             headers=conn.headers,
-            stream=ResponseBody(conn, self.release, timeouts.get("read")),
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": conn.reason},
+            stream=body,
+            extensions={
+                "http_version": b"HTTP/1.1",
+                "reason_phrase": conn.reason,
+                "finish_in_background": body.finish_in_background,
+            },
         )
 
     async def _acquire(self, origin: Origin, timeouts: dict, fresh: bool) -> Connection:
@@ -189,8 +198,12 @@ class HTTPTransport(httpx.AsyncBaseTransport):
             self._ssl_context = httpx.create_ssl_context(trust_env=False)
         return self._ssl_context
 
-    def release(self, conn: Connection) -> None:
-        """The exchange is over: back to the pool if it ended cleanly, else closed."""
+    def release(self, conn: Connection, read_rest: bool = False) -> None:
+        """The exchange is over: back to the pool if it ended cleanly, else closed.
+
+        `read_rest`: its reader had the whole answer before the body's end, so the rest
+        may be read in the background (see ResponseBody.finish_in_background).
+        """
         if (
             conn.reusable
             and not self._closed
@@ -203,7 +216,45 @@ class HTTPTransport(httpx.AsyncBaseTransport):
             self._idle_count += 1
             self._notify_slot()
             return
-        self._drop(conn)
+        if not (read_rest and self._linger(conn)):
+            self._drop(conn)
+
+    def _linger(self, conn: Connection) -> bool:
+        """Read the rest of an answer in the background, so the socket can be reused.
+
+        Its reader has what it wanted (an SSE stream's terminator), and waiting for the
+        last bytes itself would cost it a timer per answer or, at one stream, a read.
+        The connection keeps its slot under the cap until the answer ends (then it is
+        pooled) or LINGER_S passes (then it is closed).
+        """
+        if (
+            self._closed
+            or conn.complete
+            or conn.lost
+            or conn.error is not None
+            or not conn.status
+            or not conn.keep_alive
+            or not conn.delimited
+            or conn.on_settled is not None
+        ):
+            return False
+        conn.take_body()  # dropped; resumes a socket paused at the high-water mark
+        timer = asyncio.get_running_loop().call_later(LINGER_S, self._end_linger, conn, None)
+        conn.on_settled = lambda: self._end_linger(conn, timer)
+        self._lingering.add(conn)
+        return True
+
+    def _end_linger(self, conn: Connection, timer: asyncio.TimerHandle | None) -> None:
+        """The answer ended, failed or the socket closed (`timer` to cancel), or time ran out."""
+        if conn.on_settled is None:
+            return
+        conn.on_settled = None
+        self._lingering.discard(conn)
+        if timer is None:
+            self._drop(conn)
+            return
+        timer.cancel()
+        self.release(conn)  # pooled if it ended cleanly, else closed
 
     def _drop(self, conn: Connection) -> None:
         conn.close()
@@ -224,3 +275,5 @@ class HTTPTransport(httpx.AsyncBaseTransport):
                 conn.close()
         self._idle.clear()
         self._idle_count = 0
+        for conn in list(self._lingering):
+            self._end_linger(conn, None)

@@ -9,8 +9,10 @@ import httpx
 import pytest
 
 from llmproxy.server.providers.http import HttpClientSettings, build_http_client
+from llmproxy.server.providers.transport import LINGER_S
 from tests.providers.raw_http import (
     OK,
+    Handler,
     Peer,
     RawServer,
     answer_each,
@@ -216,3 +218,93 @@ async def test_a_waiter_cancelled_as_it_is_handed_the_slot_passes_it_on() -> Non
         results = await asyncio.gather(second, third, return_exceptions=True)
     assert isinstance(results[0], asyncio.CancelledError)
     assert isinstance(results[1], httpx.Response) and results[1].text == "ok"
+
+
+# an answer its reader finished before the body's end (an SSE reader stops at the terminator)
+
+HEAD_AND_FIRST_CHUNK = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n"
+
+
+def end_later(delay: float) -> Handler:
+    """Each answer: a first chunk at once, the chunked terminator `delay` seconds later."""
+
+    async def handler(peer: Peer) -> None:
+        while await peer.read_request() is not None:
+            await peer.send(HEAD_AND_FIRST_CHUNK)
+            await asyncio.sleep(delay)
+            await peer.send(b"3\r\nend\r\n0\r\n\r\n")
+
+    return handler
+
+
+async def read_first_chunk(client: httpx.AsyncClient, url: str, *, whole: bool = True) -> bytes:
+    """The first chunk; `whole`: the reader says that was all it needed (as at [DONE])."""
+    async with client.stream("GET", url) as response:
+        async for chunk in response.aiter_raw():
+            if whole:
+                response.extensions["finish_in_background"]()
+            return chunk  # leaves the body unfinished
+    raise AssertionError("no body")
+
+
+async def test_a_finished_answer_is_read_to_its_end_in_the_background_and_its_socket_reused():
+    async with RawServer(end_later(0.05)) as server, client_for(max_connections=1) as client:
+        for _ in range(3):
+            assert await read_first_chunk(client, server.url) == b"hi"
+        # At the cap of one, each request waited for the one before to end, then reused it.
+        assert len(server.peers) == 1
+        assert len(server.peers[0].requests) == 3
+
+
+async def test_a_body_left_before_the_answer_was_whole_is_closed_at_once() -> None:
+    """A caller that leaves (cancelled, deadline) ends the upstream call now, not later."""
+
+    async def first_chunk_only(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send(HEAD_AND_FIRST_CHUNK)
+        await peer.read_to_eof()
+
+    async with RawServer(first_chunk_only) as server, client_for() as client:
+        assert await read_first_chunk(client, server.url, whole=False) == b"hi"
+        assert await server.peers[0].sees_hang_up(within=LINGER_S / 2)
+
+
+async def test_a_finished_answer_whose_end_never_comes_is_closed_after_the_linger_time() -> None:
+    async with RawServer(unfinished) as server, client_for(max_connections=1) as client:
+        start = time.monotonic()
+        async with client.stream("GET", server.url) as response:
+            async for _ in response.aiter_raw():
+                response.extensions["finish_in_background"]()
+                break
+        assert await server.peers[0].sees_hang_up(within=1.0)
+        assert time.monotonic() - start >= LINGER_S * 0.9
+        # Its slot came back: the next request gets a new socket.
+        async with client.stream("GET", server.url) as response:
+            assert response.status_code == 200
+    assert len(server.peers) == 2
+
+
+async def test_a_finished_answer_whose_socket_closes_frees_its_slot_at_once() -> None:
+    async def cut_after_first_chunk(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send(HEAD_AND_FIRST_CHUNK)
+        await asyncio.sleep(0.02)  # after the reader left; well within the linger time
+
+    async with RawServer(cut_after_first_chunk) as server, client_for(max_connections=1) as client:
+        assert await read_first_chunk(client, server.url) == b"hi"
+        start = time.monotonic()
+        async with client.stream("GET", server.url, timeout=httpx.Timeout(2.0, pool=1.0)):
+            pass
+        assert time.monotonic() - start < LINGER_S  # not held until the linger timer
+    assert len(server.peers) == 2
+
+
+async def test_aclose_closes_a_lingering_connection() -> None:
+    async with RawServer(unfinished) as server:
+        client = client_for()
+        async with client.stream("GET", server.url) as response:
+            async for _ in response.aiter_raw():
+                response.extensions["finish_in_background"]()
+                break
+        await client.aclose()
+        assert await server.peers[0].sees_hang_up(within=LINGER_S / 2)

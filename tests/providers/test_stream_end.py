@@ -1,0 +1,59 @@
+"""An SSE answer ends at its terminator event: the adapter does not wait for the bytes after
+it, and the socket still returns to the pool once they arrive."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from llmproxy.server.providers.http import HttpClientSettings, build_http_client
+from tests.providers.chat_harness import chat, collect, make
+from tests.providers.raw_http import Peer, RawServer
+
+pytestmark = pytest.mark.timeout(5)
+
+EVENTS = (
+    b'data: {"choices":[{"index":0,"delta":{"content":"Hello"}}]}\n\n',
+    b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n',
+    b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}\n\n',
+    b"data: [DONE]\n\n",
+)
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def terminator_after(delay: float):
+    """Each answer's events at once; the chunked encoding's last chunk `delay` s later."""
+
+    async def handler(peer: Peer) -> None:
+        while await peer.read_request() is not None:
+            head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            await peer.send(head + b"transfer-encoding: chunked\r\n\r\n")
+            await peer.send(b"".join(chunk(e) for e in EVENTS))
+            await asyncio.sleep(delay)
+            await peer.send(b"0\r\n\r\n")
+
+    return handler
+
+
+async def test_the_answer_ends_at_done_and_its_socket_is_reused_after_the_last_bytes() -> None:
+    # Sent before the pool's linger time (LINGER_S) runs out.
+    async with RawServer(terminator_after(0.2)) as server:
+        client = build_http_client(HttpClientSettings(read_timeout_s=2.0, max_connections=1))
+        provider = make("openai_compatible", server.url + "/v1", client, ["sk-test"])
+        try:
+            start = time.monotonic()
+            text, finish, _ = await collect(provider, chat())
+            assert time.monotonic() - start < 0.1  # not held for the terminator
+            assert (text, finish.usage.output_tokens) == ("Hello", 1)
+            # The only slot frees when the terminator lands: the next call reuses the socket.
+            text, _, _ = await collect(provider, chat())
+            assert text == "Hello"
+        finally:
+            await client.aclose()
+    assert len(server.peers) == 1
+    assert len(server.peers[0].requests) == 2
