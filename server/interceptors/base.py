@@ -8,6 +8,7 @@ the wrapper ends in a `finally`, so a cancelled or failed call is recorded too.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import inspect
 import logging
@@ -111,9 +112,29 @@ async def _begin_all(hooks: list[CallInterceptor], call: CallInfo, message, cont
 
 
 def _end_all(hooks: list[CallInterceptor], call: CallInfo, context, error) -> None:
+    """Close the call's record now (code, duration); run the hooks' `end` right after.
+
+    grpc sends the status only once the handler returns, and no hook (access log,
+    metrics, ledger, rate-limit settlement) needs anything from the wire: run inline,
+    they held every caller's last bytes back (0.07 ms of the p50 at one stream).
+    """
     call.finish(context, error)
-    for hook in reversed(hooks[: call.begun]):
-        hook.end(call)
+    if call.begun:
+        asyncio.get_running_loop().call_soon(_run_ends, hooks[: call.begun], call)
+
+
+def _run_ends(hooks: list[CallInterceptor], call: CallInfo) -> None:
+    """Each hook's `end`, innermost first; one failing does not keep the others from theirs."""
+    for hook in reversed(hooks):
+        try:
+            hook.end(call)
+        except Exception:
+            log.exception(
+                "%s: %s.end failed",
+                call.rpc,
+                type(hook).__name__,
+                extra={"request_id": call.request_id},
+            )
 
 
 async def _abort_internal(context, call: CallInfo, failed: Exception) -> None:
