@@ -204,6 +204,8 @@ class HTTPTransport(httpx.AsyncBaseTransport):
         `read_rest`: its reader had the whole answer before the body's end, so the rest
         may be read in the background (see ResponseBody.finish_in_background).
         """
+        if read_rest:
+            conn.take_body()  # unread bytes of an answer its reader had whole: not needed
         if (
             conn.reusable
             and not self._closed
@@ -238,7 +240,6 @@ class HTTPTransport(httpx.AsyncBaseTransport):
             or conn.on_settled is not None
         ):
             return False
-        conn.take_body()  # dropped; resumes a socket paused at the high-water mark
         timer = asyncio.get_running_loop().call_later(LINGER_S, self._end_linger, conn, None)
         conn.on_settled = lambda: self._end_linger(conn, timer)
         self._lingering.add(conn)
