@@ -308,3 +308,14 @@ async def test_aclose_closes_a_lingering_connection() -> None:
                 break
         await client.aclose()
         assert await server.peers[0].sees_hang_up(within=LINGER_S / 2)
+
+
+async def test_a_finished_answer_with_unread_bytes_buffered_is_pooled() -> None:
+    async with RawServer(end_later(0.02)) as server, client_for(max_connections=1) as client:
+        async with client.stream("GET", server.url) as response:
+            async for _ in response.aiter_raw():
+                response.extensions["finish_in_background"]()
+                await asyncio.sleep(0.1)  # the rest and the end arrive, unread
+                break
+        assert await read_first_chunk(client, server.url) == b"hi"
+    assert len(server.peers) == 1
