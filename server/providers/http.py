@@ -7,6 +7,7 @@ transport or httpx-aiohttp took here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,8 +47,8 @@ class UpstreamClient(httpx.AsyncClient):
 
     The common call (absolute URL, headers and a body, no auth, hooks or redirects:
     every adapter's) skips the layers it does not use: the request is built in one
-    step and sent straight to the transport. That took httpx's share of a streamed
-    request from about 60 to 25 us here (bench: 158 -> 124 us per request at c=1).
+    step and sent straight to the transport. A streamed request through `client.stream`
+    took 158 us at one stream before, 135 us now, and 101 us on the transport alone.
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -72,20 +73,42 @@ class UpstreamClient(httpx.AsyncClient):
                     self._urls.clear()
                 parsed = self._urls[url] = httpx.URL(url)
             url = parsed
-        if url.is_absolute_url and not self.params and _plain(kwargs):
-            headers = self.headers.copy()
-            if (extra := kwargs.get("headers")) is not None:
-                headers.update(extra)
+        content = kwargs.get("content")
+        headers = kwargs.get("headers")
+        plain = content is None or isinstance(content, bytes)
+        plain = plain and (headers is None or isinstance(headers, Mapping))
+        if plain and url.is_absolute_url and not self.params and _plain(kwargs):
             timeout = kwargs.get("timeout", DEFAULT)
             extensions = {
                 "timeout": self._timeout_ext
                 if timeout is DEFAULT
                 else httpx.Timeout(timeout).as_dict()
             }
+            raw = self._raw_headers(url, method, headers or {}, content)
             return httpx.Request(
-                method, url, content=kwargs.get("content"), headers=headers, extensions=extensions
+                method,
+                url,
+                headers=raw,
+                stream=httpx.ByteStream(content or b""),
+                extensions=extensions,
             )
         return super().build_request(method, url, **kwargs)
+
+    def _raw_headers(
+        self, url: httpx.URL, method: str, headers: Mapping[str, str], content: bytes | None
+    ) -> list[tuple[bytes, bytes]]:
+        """What httpx's merge and `Request._prepare` produce (Host, the client's defaults
+        under the call's own headers, Content-Length), built as bytes in one pass: building
+        the request took 15 us through httpx's Headers objects, 2.5 us this way (a test holds
+        the two to the same headers and body)."""
+        own = {name.lower() for name in headers}
+        raw = [] if "host" in own else [(b"Host", url.netloc)]
+        raw += [(k, v) for k, v in self.headers.raw if k.decode().lower() not in own]
+        raw += [(name.encode("ascii"), value.encode("ascii")) for name, value in headers.items()]
+        sized = content is not None or method in ("POST", "PUT", "PATCH")
+        if sized and "content-length" not in own and "transfer-encoding" not in own:
+            raw.append((b"Content-Length", b"%d" % len(content or b"")))
+        return raw
 
     async def send(
         self,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import httpx
+import pytest
 from aiohttp import web
 
 from llmproxy.server.providers.http import (
@@ -75,3 +77,28 @@ async def test_the_url_cache_stays_bounded() -> None:
         assert len(client._urls) <= URL_CACHE_SIZE
     finally:
         await client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("method", "content", "headers"),
+    [
+        (
+            "POST",
+            b'{"model": "m"}',
+            {"content-type": "application/json", "accept": "text/event-stream"},
+        ),
+        ("POST", b"", {"Authorization": "Bearer k", "User-Agent": "llmproxy-test"}),
+        ("GET", None, {"accept": "application/json"}),
+        ("GET", None, None),
+        ("POST", b"x", {"host": "upstream.example", "content-length": "1"}),
+    ],
+)
+def test_the_one_step_request_is_the_one_httpx_builds(method, content, headers) -> None:
+    client = build_http_client(HttpClientSettings())
+    url = "http://127.0.0.1:8080/v1/chat/completions"
+    ours = client.build_request(method, url, content=content, headers=headers)
+    theirs = httpx.AsyncClient.build_request(client, method, url, content=content, headers=headers)
+    assert (ours.method, ours.url) == (theirs.method, theirs.url)
+    assert sorted(ours.headers.multi_items()) == sorted(theirs.headers.multi_items())
+    assert b"".join(ours.stream) == b"".join(theirs.stream)
+    assert ours.extensions == theirs.extensions
