@@ -7,6 +7,7 @@ any other llmproxy module. Hot-path types are slotted dataclasses, not pydantic.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -126,6 +127,9 @@ class TextDelta:
     """All text received since the previous event (coalesced per network read)."""
 
     text: str
+    # On an adapter's first delta: returns the text received since, without waiting. The
+    # executor sends the start event first; what arrived during that write joins this delta.
+    more: Callable[[], str] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(slots=True)

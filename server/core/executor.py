@@ -248,11 +248,15 @@ class Executor:
             async with aclosing(deployment.provider.stream(request)) as upstream:
                 async for event in upstream:
                     if type(event) is TextDelta:
-                        parts.append(event.text)
                         handed_off = time.perf_counter()
                         if first_token_at is None:
                             first_token_at = handed_off
                             yield Started(deployment.name, deployment.provider_name)
+                            # Sending the start event took a round trip to the caller: text
+                            # that arrived meanwhile goes with the first delta, not after it.
+                            more = event.more() if event.more is not None else ""
+                            event = TextDelta(event.text + more)
+                        parts.append(event.text)
                         yield event
                         downstream_s += time.perf_counter() - handed_off
                     else:

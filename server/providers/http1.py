@@ -251,6 +251,11 @@ class ResponseBody(httpx.AsyncByteStream):
         Offered to adapters as the response extension of the same name."""
         self._read_rest = True
 
+    def take_ready(self) -> bytes:
+        """The body bytes received but not yet read, without waiting for more (b"" if none).
+        Offered to adapters as the response extension of the same name."""
+        return self._conn.take_body() if self._conn.body and not self._closed else b""
+
     async def __aiter__(self) -> AsyncIterator[bytes]:
         conn = self._conn
         try:

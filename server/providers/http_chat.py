@@ -10,7 +10,8 @@ from __future__ import annotations
 import abc
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from functools import partial
 from typing import Any, ClassVar, Protocol, TypeVar
 
 import httpx
@@ -213,13 +214,20 @@ class HttpChatProvider(Provider):
         # Unencoded (as SSE answers are), the raw bytes are the body: no decoder per read.
         identity = "content-encoding" not in response.headers
         reader = response.aiter_raw() if identity else response.aiter_bytes()
+        # Bytes already received, without waiting: for the first delta's `more`.
+        take_ready = response.extensions.get("take_ready") if identity else None
+        first = True
         async with contextlib.aclosing(reader) as chunks:
             async for data in chunks:
                 try:
                     text = decoder.feed(data)
                 except SHAPE_ERRORS:
                     raise self._malformed() from None
-                if text:
+                if text and first and take_ready is not None:
+                    first = False
+                    yield TextDelta(text, more=partial(self._more, decoder, take_ready))
+                elif text:
+                    first = False
                     yield TextDelta(text)
                 if decoder.done:
                     # The answer ends at the terminator; what follows on the wire (the
@@ -232,6 +240,16 @@ class HttpChatProvider(Provider):
         except SHAPE_ERRORS:
             raise self._malformed() from None
         yield finish
+
+    def _more(self, decoder: StreamDecoder, take_ready: Callable[[], bytes]) -> str:
+        """The text of the bytes received since the last read, read now, not waited for."""
+        data = take_ready()
+        if not data:
+            return ""
+        try:
+            return decoder.feed(data)
+        except SHAPE_ERRORS:
+            raise self._malformed() from None
 
     async def list_models(self) -> list[str]:
         url = self.models_url()

@@ -109,6 +109,7 @@ class HTTPTransport(httpx.AsyncBaseTransport):
                 "http_version": b"HTTP/1.1",
                 "reason_phrase": conn.reason,
                 "finish_in_background": body.finish_in_background,
+                "take_ready": body.take_ready,
             },
         )
 

@@ -57,3 +57,38 @@ async def test_the_answer_ends_at_done_and_its_socket_is_reused_after_the_last_b
             await client.aclose()
     assert len(server.peers) == 1
     assert len(server.peers[0].requests) == 2
+
+
+def sse_chunk(text: str) -> bytes:
+    event = b'data: {"choices":[{"index":0,"delta":{"content":"%s"}}]}\n\n' % text.encode()
+    return chunk(event)
+
+
+async def test_the_first_delta_offers_the_text_received_since_without_waiting() -> None:
+    async def two_reads(peer: Peer) -> None:
+        while await peer.read_request() is not None:
+            head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            await peer.send(head + b"transfer-encoding: chunked\r\n\r\n" + sse_chunk("Hello"))
+            await asyncio.sleep(0.05)
+            await peer.send(sse_chunk(", world") + b"".join(chunk(e) for e in EVENTS[1:]))
+            await peer.send(b"0\r\n\r\n")
+
+    async with RawServer(two_reads) as server:
+        client = build_http_client(HttpClientSettings(read_timeout_s=2.0, max_connections=1))
+        provider = make("openai_compatible", server.url + "/v1", client, ["sk-test"])
+        try:
+            events = aiter(provider.stream(chat()))
+            first = await anext(events)
+            assert first.text == "Hello" and first.more is not None
+            assert first.more() == ""  # nothing more yet: it does not wait
+            await asyncio.sleep(0.2)  # the rest of the answer arrives, unread
+            assert first.more() == ", world"
+            rest = [event async for event in events]
+            # The terminator came with that text: the stream ends with no other delta.
+            assert [type(e).__name__ for e in rest] == ["Finish"]
+            assert rest[0].usage.output_tokens == 1
+            text, _, _ = await collect(provider, chat())  # the socket was pooled
+            assert text == "Hello, world"
+        finally:
+            await client.aclose()
+    assert len(server.peers) == 1

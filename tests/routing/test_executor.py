@@ -221,3 +221,29 @@ async def test_a_caller_leaving_before_an_empty_answer_completes_releases_the_pr
     # The upstream answered: its outcome counts, and the probe slot is not held forever.
     assert a.breaker.probes == 0 and a.breaker.state is CircuitState.CLOSED
     assert a.stats.in_flight == 0 and router.catalog.active == 0
+
+
+class EagerProvider(MemoryProvider):
+    """Its first delta offers the text that arrived while the start event was written."""
+
+    def __init__(self) -> None:
+        super().__init__({})
+        self.offered: list[str] = [" there", ""]
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[ProviderEvent]:
+        yield TextDelta("hi", more=lambda: self.offered.pop(0))
+        yield TextDelta("!")
+        yield Finish(FinishReason.STOP, "stop", Usage(3, 3))
+
+
+async def test_text_that_arrived_during_the_start_event_goes_out_with_the_first_delta():
+    router, _ = table({}, ["a"], [{"name": "g", "members": [{"model": "a"}]}])
+    provider = EagerProvider()
+    for deployment in router.catalog.deployments.values():
+        deployment.provider = provider
+    events = await run(router)
+    kinds = [type(e).__name__ for e in events]
+    assert kinds == ["Started", "TextDelta", "TextDelta", "Completed"]
+    assert [e.text for e in events if type(e) is TextDelta] == ["hi there", "!"]
+    assert all(e.more is None for e in events if type(e) is TextDelta)  # nothing leaks on
+    assert provider.offered == [""]  # asked once, right after the start event
