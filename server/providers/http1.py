@@ -292,10 +292,13 @@ def request_head(request: httpx.Request) -> bytes:
 
 async def request_body(request: httpx.Request) -> bytes:
     """The whole body: requests to upstreams are small JSON documents, already in memory."""
-    try:
-        body = request.content
-    except httpx.RequestNotRead:
-        body = await request.aread()
+    if isinstance(request.stream, httpx.ByteStream):
+        body = b"".join(request.stream)  # bytes in memory: no async read of one piece
+    else:
+        try:
+            body = request.content
+        except httpx.RequestNotRead:
+            body = await request.aread()
     if "chunked" in request.headers.get("transfer-encoding", "").lower():
         # httpx announced chunks for a streamed body of unknown length; read whole, it is one.
         return b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n"
