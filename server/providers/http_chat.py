@@ -223,12 +223,10 @@ class HttpChatProvider(Provider):
                     text = decoder.feed(data)
                 except SHAPE_ERRORS:
                     raise self._malformed() from None
-                if text and first and take_ready is not None:
+                if text:
+                    ready = take_ready if first else None
                     first = False
-                    yield TextDelta(text, more=partial(self._more, decoder, take_ready))
-                elif text:
-                    first = False
-                    yield TextDelta(text)
+                    yield TextDelta(text, more=ready and partial(self._more, decoder, ready))
                 if decoder.done:
                     # The answer ends at the terminator; what follows on the wire (the
                     # chunked encoding's end) the pool may read in the background.
