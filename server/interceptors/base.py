@@ -112,21 +112,27 @@ async def _begin_all(hooks: list[CallInterceptor], call: CallInfo, message, cont
 
 
 def _end_all(hooks: list[CallInterceptor], call: CallInfo, context, error) -> None:
-    """Close the call's record now (code, duration); run the hooks' `end` right after.
+    """Close the call's record now (code, duration); run the hooks' `end` now or right after.
 
-    grpc sends the status only once the handler returns, and no hook (access log,
-    metrics, ledger, rate-limit settlement) needs anything from the wire: run inline,
-    they held every caller's last bytes back (0.07 ms of the p50 at one stream).
+    A call that ends normally gets its status only once the handler returns, and no hook
+    (access log, metrics, ledger, rate-limit settlement) needs anything from the wire:
+    run inline, they held every caller's last bytes back (0.07 ms of the p50 at one
+    stream). They run on the loop's next turn, before any reply can reach the caller.
+    A refused or failed call has sent its status already: its hooks run at once.
     """
     call.finish(context, error)
     if not call.begun:
         return
+    ended = hooks[: call.begun]
+    if error is not None:
+        _run_ends(ended, call)
+        return
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:  # finalised outside the loop (interpreter exit): now, then
-        _run_ends(hooks[: call.begun], call)
+        _run_ends(ended, call)
     else:
-        loop.call_soon(_run_ends, hooks[: call.begun], call)
+        loop.call_soon(_run_ends, ended, call)
 
 
 def _run_ends(hooks: list[CallInterceptor], call: CallInfo) -> None:
