@@ -20,6 +20,7 @@ import orjson
 from aiohttp import web
 
 from tests.fakes.openai_fake import API_KEY, PROMPT_TOKENS, REPLY, chunk, error_body
+from tests.support.running import running_client, settings_for
 
 SCRIPTED = web.AppKey("scripted", "Scripted")
 
@@ -234,3 +235,11 @@ def routing_config(
         "resilience": resilience,
         **sections,
     }
+
+
+@contextlib.asynccontextmanager
+async def gateway(upstream: Scripted, models: list, **sections: Any):
+    """A gateway routing to `upstream`'s scripted models; yields (app, client)."""
+    settings = settings_for(routing_config(upstream.base_url, models, **sections))
+    async with running_client(settings) as (app, client):
+        yield app, client

@@ -7,20 +7,12 @@ import asyncio
 import contextlib
 import time
 
-import pytest
-
 from llmproxy.server.core.routing.hedge import HedgeRace
 from llmproxy.server.domain import TextDelta
 from llmproxy.server.errors import UpstreamUnavailableError
 from tests.fakes.openai_fake import PROMPT_TOKENS, REPLY
-from tests.routing.scripted import fail, ok, routing_config, scripted_upstream
+from tests.routing.scripted import fail, ok, routing_config
 from tests.support.running import running_client, settings_for
-
-
-@pytest.fixture
-async def upstream():
-    async with scripted_upstream() as state:
-        yield state
 
 
 @contextlib.asynccontextmanager

@@ -5,7 +5,6 @@ itself; errors that are neither retried nor fallen back from still reach it as t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 import grpc
@@ -15,23 +14,9 @@ from grpc_status import rpc_status
 
 from llmproxy.client.client import build_query_request, to_result
 from tests.caching.conftest import eventually
-from tests.routing.scripted import fail, ok, routing_config, scripted_upstream
-from tests.support.running import running_client, settings_for
+from tests.routing.scripted import fail, gateway, ok
 
 RETRIES = {"max_attempts": 3, "backoff_initial_ms": 1, "backoff_max_ms": 2}
-
-
-@pytest.fixture
-async def upstream():
-    async with scripted_upstream() as state:
-        yield state
-
-
-@contextlib.asynccontextmanager
-async def gateway(upstream, models, **sections):
-    settings = settings_for(routing_config(upstream.base_url, models, **sections))
-    async with running_client(settings) as (app, client):
-        yield app, client
 
 
 def group(*members: str) -> list[dict]:

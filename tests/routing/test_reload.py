@@ -18,15 +18,9 @@ import yaml
 from llmproxy.client import AsyncLLMProxyClient
 from llmproxy.server.app import build_app
 from llmproxy.server.config import load_settings
-from tests.routing.scripted import ok, routing_config, scripted_upstream
+from tests.routing.scripted import ok, routing_config
 
 SERVER = {"host": "127.0.0.1", "grpc_port": 0, "http_port": -1, "grace_period_s": 1}
-
-
-@pytest.fixture
-async def upstream():
-    async with scripted_upstream() as state:
-        yield state
 
 
 def write(path: Path, config: dict) -> None:

@@ -14,21 +14,7 @@ import pytest
 from llmproxy.client.client import build_query_request
 from llmproxy.v1 import llmproxy_pb2 as pb
 from tests.fakes.openai_fake import REPLY
-from tests.routing.scripted import HANG, die, fail, ok, routing_config, scripted_upstream
-from tests.support.running import running_client, settings_for
-
-
-@pytest.fixture
-async def upstream():
-    async with scripted_upstream() as state:
-        yield state
-
-
-@contextlib.asynccontextmanager
-async def gateway(upstream, models, **sections):
-    settings = settings_for(routing_config(upstream.base_url, models, **sections))
-    async with running_client(settings) as (app, client):
-        yield app, client
+from tests.routing.scripted import HANG, die, fail, gateway, ok
 
 
 def group(*members: str, strategy: str = "priority", **extra) -> list[dict]:
