@@ -254,8 +254,8 @@ class Executor:
                             yield Started(deployment.name, deployment.provider_name)
                             # Sending the start event took a round trip to the caller: text
                             # that arrived meanwhile goes with the first delta, not after it.
-                            more = event.more() if event.more is not None else ""
-                            event = TextDelta(event.text + more)
+                            if event.more is not None:
+                                event = TextDelta(event.text + event.more())
                         parts.append(event.text)
                         yield event
                         downstream_s += time.perf_counter() - handed_off

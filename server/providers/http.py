@@ -19,7 +19,7 @@ from llmproxy.server.providers.transport import HTTPTransport
 # cache starts over rather than grow with whatever a misbehaving caller sends.
 URL_CACHE_SIZE = 1024
 # build_request's arguments the one-step path handles; any other goes through httpx's own.
-_PLAIN_ARGS = frozenset({"method", "url", "content", "headers", "timeout"})
+_PLAIN_ARGS = frozenset({"content", "headers", "timeout"})
 DEFAULT = httpx.USE_CLIENT_DEFAULT
 
 
@@ -55,7 +55,6 @@ class UpstreamClient(httpx.AsyncClient):
         super().__init__(**kwargs)
         self._urls: dict[str, httpx.URL] = {}
         self._no_cookies = _NoCookies()
-        self._timeout_ext = self.timeout.as_dict()
 
     @property
     def cookies(self) -> httpx.Cookies:
@@ -79,11 +78,8 @@ class UpstreamClient(httpx.AsyncClient):
         plain = plain and (headers is None or isinstance(headers, Mapping))
         if plain and url.is_absolute_url and not self.params and _plain(kwargs):
             timeout = kwargs.get("timeout", DEFAULT)
-            extensions = {
-                "timeout": self._timeout_ext
-                if timeout is DEFAULT
-                else httpx.Timeout(timeout).as_dict()
-            }
+            timeout = self.timeout if timeout is DEFAULT else httpx.Timeout(timeout)
+            extensions = {"timeout": timeout.as_dict()}
             raw = self._raw_headers(url, method, headers or {}, content)
             return httpx.Request(
                 method,
