@@ -10,7 +10,7 @@ the socket. The pool that owns connections is in transport.py.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import httptools
 import httpx
@@ -256,20 +256,25 @@ class ResponseBody(httpx.AsyncByteStream):
         Offered to adapters as the response extension of the same name."""
         return self._conn.take_body() if self._conn.body and not self._closed else b""
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    def __aiter__(self) -> ResponseBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        """An iterator, not an async generator: a reader that stops early (at the SSE
+        terminator) leaves no suspended generator for the event loop to finalise, which
+        costs a task and a cross-thread wake-up per response."""
         conn = self._conn
         try:
-            while True:
-                if conn.body:
-                    yield conn.take_body()
-                elif conn.complete:
-                    break
-                elif conn.error is not None:
+            while self._closed or not conn.body:
+                if self._closed or conn.complete:
+                    raise StopAsyncIteration
+                if conn.error is not None:
                     raise conn.error
-                else:
-                    await conn.wait(self._read_timeout)
-        finally:
+                await conn.wait(self._read_timeout)
+        except BaseException:  # the end, an error, or a cancelled wait: the exchange is over
             self._finish()
+            raise
+        return conn.take_body()
 
     async def aclose(self) -> None:
         self._finish()

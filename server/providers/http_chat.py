@@ -211,9 +211,11 @@ class HttpChatProvider(Provider):
 
     async def _read(self, response: httpx.Response) -> AsyncIterator[ProviderEvent]:
         decoder = self.new_decoder()
-        # Unencoded (as SSE answers are), the raw bytes are the body: no decoder per read.
+        # Unencoded (as SSE answers are), the raw bytes are the body: no decoder per read,
+        # and the response's own stream, closed below, not left for the event loop to
+        # finalise as aiter_raw's inner generator is (a task and a wake-up per response).
         identity = "content-encoding" not in response.headers
-        reader = response.aiter_raw() if identity else response.aiter_bytes()
+        reader = aiter(response.stream) if identity else response.aiter_bytes()
         # Bytes already received, without waiting: for the first delta's `more`.
         take_ready = response.extensions.get("take_ready") if identity else None
         first = True

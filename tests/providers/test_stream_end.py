@@ -4,6 +4,9 @@ it, and the socket still returns to the pool once they arrive."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
+import sys
 import time
 
 import pytest
@@ -92,3 +95,32 @@ async def test_the_first_delta_offers_the_text_received_since_without_waiting() 
         finally:
             await client.aclose()
     assert len(server.peers) == 1
+
+
+async def test_a_read_answer_leaves_no_generator_for_the_event_loop_to_finalise() -> None:
+    # A suspended async generator dropped unclosed is closed by the loop's finaliser hook:
+    # a new task and a cross-thread wake-up per response, on the hot path.
+    finalised: list[str] = []
+    hooks = sys.get_asyncgen_hooks()
+
+    def finalizer(agen) -> None:
+        finalised.append(agen.__qualname__)
+        hooks.finalizer(agen)
+
+    sys.set_asyncgen_hooks(firstiter=hooks.firstiter, finalizer=finalizer)
+    try:
+        async with RawServer(terminator_after(0.0)) as server:
+            client = build_http_client(HttpClientSettings(read_timeout_s=2.0))
+            provider = make("openai_compatible", server.url + "/v1", client, ["sk-test"])
+            try:
+                text, _, _ = await collect(provider, chat())  # read to the terminator
+                assert text == "Hello"
+                async with contextlib.aclosing(provider.stream(chat())) as events:
+                    await anext(events)  # a caller that leaves after the first delta
+                gc.collect()
+                await asyncio.sleep(0.01)
+            finally:
+                await client.aclose()
+    finally:
+        sys.set_asyncgen_hooks(*hooks)
+    assert finalised == []
