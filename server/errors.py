@@ -180,3 +180,11 @@ class UpstreamProtocolError(UpstreamError):
 
     reason = "UPSTREAM_PROTOCOL_ERROR"
     retryable = True
+
+
+class AdapterFailedError(UpstreamProtocolError):
+    """Our adapter raised on an answer (a bug, not the upstream's fault): the same
+    deployment would fail the same way, so it is not retried there. It still falls back
+    to the next candidate and counts against the deployment's circuit."""
+
+    retryable = False

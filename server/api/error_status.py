@@ -36,6 +36,7 @@ CODES: dict[type[e.LLMProxyError], grpc.StatusCode] = {
     e.UpstreamInvalidRequestError: grpc.StatusCode.INVALID_ARGUMENT,
     e.UpstreamContextTooLongError: grpc.StatusCode.INVALID_ARGUMENT,
     e.UpstreamProtocolError: grpc.StatusCode.UNAVAILABLE,
+    e.AdapterFailedError: grpc.StatusCode.UNAVAILABLE,
 }
 
 

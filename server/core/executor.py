@@ -36,10 +36,10 @@ from llmproxy.server.domain import (
     Usage,
 )
 from llmproxy.server.errors import (
+    AdapterFailedError,
     DeadlineExceededError,
     UnavailableError,
     UpstreamError,
-    UpstreamProtocolError,
 )
 from llmproxy.server.observability import spans
 
@@ -364,7 +364,7 @@ def _adapter_failed(deployment: Deployment, query: QueryInput, bug: Exception) -
             "provider": deployment.provider_name,
         },
     )
-    return UpstreamProtocolError(
+    return AdapterFailedError(
         f"{deployment.provider_name}: the adapter failed", provider=deployment.provider_name
     )
 

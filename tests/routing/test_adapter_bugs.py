@@ -57,14 +57,16 @@ MODELS = ["broken", "broken-mid", "unfinished", "good"]
 
 
 @contextlib.asynccontextmanager
-async def gateway(*members: str) -> AsyncIterator[tuple[App, AsyncLLMProxyClient, BuggyProvider]]:
+async def gateway(
+    *members: str, max_attempts: int = 1
+) -> AsyncIterator[tuple[App, AsyncLLMProxyClient, BuggyProvider]]:
     settings = settings_for(
         {
             "providers": [{"name": "memory", "type": "mock"}],
             "models": [{"name": m, "provider": "memory", "upstream_model": m} for m in MODELS],
             "groups": [{"name": "g", "members": [{"model": m} for m in members]}],
             "resilience": {
-                "retries": {"max_attempts": 1},
+                "retries": {"max_attempts": max_attempts, "backoff_initial_ms": 1},
                 "circuit_breaker": {"consecutive_failures": 50},
             },
         }
@@ -122,6 +124,16 @@ async def test_a_buggy_adapter_falls_back_and_counts_as_a_failure(primary, caplo
     [record] = adapter_logs(caplog)
     assert record.levelno == logging.ERROR and record.exc_info is not None
     assert record.request_id == result.request_id  # type: ignore[attr-defined]
+
+
+async def test_a_buggy_adapter_is_not_retried_on_the_same_deployment():
+    # Retries are for the upstream's transient faults; our bug fails the same way again.
+    async with gateway("broken", "good", max_attempts=3) as (app, client, provider):
+        result = await client.query("hi", model="g")
+        bad = app.catalog.deployments["broken"]
+    assert provider.calls == ["broken", "good"]
+    assert result.text == "hello"
+    assert bad.breaker.consecutive == 1
 
 
 async def test_without_a_fallback_the_caller_gets_unavailable_and_a_generic_message(caplog):

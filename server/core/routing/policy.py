@@ -11,7 +11,12 @@ from collections.abc import Sequence
 
 from llmproxy.server.config.routing import ResilienceConfig, RetryConfig
 from llmproxy.server.core.deployments import Deployment
-from llmproxy.server.errors import UpstreamAuthError, UpstreamContextTooLongError, UpstreamError
+from llmproxy.server.errors import (
+    AdapterFailedError,
+    UpstreamAuthError,
+    UpstreamContextTooLongError,
+    UpstreamError,
+)
 
 
 def backoff_s(tries: int, retries: RetryConfig, rng: random.Random) -> float:
@@ -51,9 +56,10 @@ def falls_back(error: UpstreamError, resilience: ResilienceConfig) -> bool:
 def counts_against(error: UpstreamError) -> bool:
     """Whether the failure says the deployment is unhealthy (feeds its circuit breaker).
 
-    A caller's bad request says nothing about the deployment; our rejected key does.
+    A caller's bad request says nothing about the deployment; our rejected key does, and
+    so does an adapter that fails on its answers.
     """
-    return error.retryable or isinstance(error, UpstreamAuthError)
+    return error.retryable or isinstance(error, UpstreamAuthError | AdapterFailedError)
 
 
 def remaining_after(
