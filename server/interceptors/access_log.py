@@ -39,6 +39,8 @@ def current_trace_id(context: grpc.aio.ServicerContext) -> str:
 
 
 class AccessLogInterceptor(CallInterceptor):
+    observes_failures = True
+
     def __init__(self, *, log_content: bool = False) -> None:
         super().__init__()
         self.log_content = log_content

@@ -13,7 +13,7 @@ import contextvars
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 from google.protobuf.message import Message
@@ -22,6 +22,7 @@ from llmproxy.server.api.error_status import abort, internal_status, to_rpc_stat
 from llmproxy.server.errors import LLMProxyError
 from llmproxy.server.interceptors import handlers
 from llmproxy.server.interceptors.call import LLMPROXY_SERVICE, OBSERVERS, CallInfo, enter
+from llmproxy.server.interceptors.safety_net import refusal
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,10 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     in the chain (auth deciding from metadata) has already happened.
     """
 
+    # Whether the hooks still run for a call refused because a later step failed (a bug):
+    # true for the observers, which record calls; not for the steps that act on them.
+    observes_failures: ClassVar[bool] = False
+
     def __init__(self) -> None:
         # method -> (inner handler, wrapped handler): registered handlers never change,
         # so each is wrapped once, not once per call.
@@ -59,20 +64,23 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         if hooks is not None:
             hooks.append(self)
             return await continuation(handler_call_details)
-        _HOOKS.set([self])
-        handler = await continuation(handler_call_details)
+        hooks = [self]
+        _HOOKS.set(hooks)
+        method = handler_call_details.method
+        try:
+            handler = await continuation(handler_call_details)
+        except Exception as failed:
+            # A step after this one failed before any handler existed (a bug): the call is
+            # refused with INTERNAL, and the observers still record it (log line, metrics,
+            # ledger record); the steps that act on a call (auth, limits) are left out.
+            hooks[:] = [hook for hook in hooks if hook.observes_failures]
+            return _wrap(method, refusal(method, failed))
         if handler is None:
             return None
-        method = handler_call_details.method
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        service, rpc = handlers.split_method(method)
-        wrapped = handlers.wrap(
-            handler,
-            lambda inner: _unary(service, rpc, inner),
-            lambda inner: _stream(service, rpc, inner),
-        )
+        wrapped = _wrap(method, handler)
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
@@ -87,6 +95,15 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
     def end(self, call: CallInfo) -> None:
         """After the call, however it ended."""
+
+
+def _wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    service, rpc = handlers.split_method(method)
+    return handlers.wrap(
+        handler,
+        lambda inner: _unary(service, rpc, inner),
+        lambda inner: _stream(service, rpc, inner),
+    )
 
 
 def hooks_mark() -> int:

@@ -39,6 +39,8 @@ class _Series:
 
 
 class MetricsInterceptor(CallInterceptor):
+    observes_failures = True
+
     def __init__(self, metrics: Metrics) -> None:
         super().__init__()
         self.metrics = metrics

@@ -20,6 +20,8 @@ _METHODS = frozenset(f"/{LLMPROXY_SERVICE}/{rpc}" for rpc in ("Query", "Parallel
 class RefusalLedgerInterceptor(CallInterceptor):
     """Placed before auth and the rate limiter, so it sees their refusals end."""
 
+    observes_failures = True
+
     def __init__(self, stage: UsageAccounting) -> None:
         super().__init__()
         self.stage = stage

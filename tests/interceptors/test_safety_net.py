@@ -15,7 +15,7 @@ from grpc_status import rpc_status
 
 from llmproxy.client import AsyncLLMProxyClient
 from llmproxy.server.api.servicer import LLMProxyServicer
-from llmproxy.server.app import build_app
+from llmproxy.server.app import App, build_app
 from llmproxy.server.interceptors import build_interceptors
 from llmproxy.server.interceptors.safety_net import shape_of
 from llmproxy.v1 import llmproxy_pb2_grpc
@@ -37,7 +37,7 @@ class BrokenInterceptor(grpc.aio.ServerInterceptor):
 
 
 @contextlib.asynccontextmanager
-async def serving(broken: BrokenInterceptor) -> AsyncIterator[str]:
+async def serving(broken: BrokenInterceptor) -> AsyncIterator[tuple[str, App]]:
     app = build_app(mock_settings())
     server = grpc.aio.server(interceptors=[*build_interceptors(app), broken])
     servicer = LLMProxyServicer(app.queries, app.parallel, app.status)
@@ -46,7 +46,7 @@ async def serving(broken: BrokenInterceptor) -> AsyncIterator[str]:
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}", app
     finally:
         await server.stop(None)
 
@@ -62,7 +62,7 @@ def request_id_of(error: grpc.aio.AioRpcError) -> str:
 
 async def test_an_interceptor_failing_before_the_handler_is_internal_with_the_stack_logged(logs):
     broken = BrokenInterceptor()
-    async with serving(broken) as target, AsyncLLMProxyClient(target) as client:
+    async with serving(broken) as (target, app), AsyncLLMProxyClient(target) as client:
         errors = []
         # Each call shape: unary (Status), server-streaming (Query), and another service.
         for call in (
@@ -90,6 +90,14 @@ async def test_an_interceptor_failing_before_the_handler_is_internal_with_the_st
         assert isinstance(record.exc_info[1], RuntimeError)  # type: ignore[index]
     formatted = "\n".join(line for line in logs.lines if "safety_net" in line)
     assert "Traceback" in formatted and "in intercept_service" in formatted
+    # The observers recorded the refused calls too, under the ids their callers were given.
+    refused = [line for line in logs.access() if line["code"] == "INTERNAL"]
+    assert [line["rpc"] for line in refused] == ["Status", "Query", "Check"]
+    assert [line["request_id"] for line in refused] == [request_id_of(e) for e in errors]
+    assert refused[1]["requested_model"] == "fast"
+    sample = app.registry.get_sample_value
+    labels = {"model": "fast", "provider": "", "rpc": "Query", "code": "INTERNAL"}
+    assert sample("llmproxy_requests_total", labels) == 1
 
 
 @pytest.mark.parametrize(
