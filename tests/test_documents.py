@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 
 import docx
@@ -273,3 +275,22 @@ def test_sanitized_names_are_safe_in_paths_and_headers():
     assert not set(name) & set("<>:\"/\\|?*'\x00\r\n")
     assert ".." not in name
     assert not name.startswith(".")
+
+
+def test_the_server_imports_the_pdf_and_docx_libraries_only_when_a_file_is_rendered():
+    # fpdf2 (with Pillow and numpy) and python-docx hold about 46 MiB per worker process.
+    probe = (
+        "import sys\n"
+        "from llmproxy.server.app import build_app\n"
+        "from llmproxy.server.config import Settings\n"
+        "build_app(Settings())\n"
+        "heavy = ('fpdf', 'docx', 'numpy', 'PIL')\n"
+        "print(','.join(m for m in heavy if m in sys.modules))\n"
+        "from llmproxy.server.core.documents import DocumentFormat, render_document\n"
+        "render_document('x', DocumentFormat.PDF)\n"
+        "print('fpdf' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.splitlines()
+    assert out == ["", "True"]
