@@ -44,16 +44,21 @@ class Entry:
         self.worker: int | None = None
 
     def line(self) -> str:
-        entry = {
-            "time": _iso(self.created),
-            "level": logging.getLevelName(self.levelno).lower(),
-            "logger": self.name,
-            "message": self.msg,
-            **self.fields,
-        }
-        if self.worker is not None:
-            entry["worker"] = self.worker
-        return orjson.dumps(entry, default=str).decode()
+        fields = self.fields if self.worker is None else {**self.fields, "worker": self.worker}
+        level = logging.getLevelName(self.levelno)
+        return json_line(self.created, level, self.name, self.msg, fields)
+
+
+def json_line(created: float, level: str, logger: str, message: str, fields: dict) -> str:
+    """One log line: the fixed keys, then the call's own fields (both log paths write this)."""
+    entry = {
+        "time": _iso(created),
+        "level": level.lower(),
+        "logger": logger,
+        "message": message,
+        **fields,
+    }
+    return orjson.dumps(entry, default=str).decode()
 
 
 def log_fields(logger: logging.Logger, level: int, msg: str, fields: dict) -> None:
@@ -75,20 +80,17 @@ def log_fields(logger: logging.Logger, level: int, msg: str, fields: dict) -> No
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": _iso(record.created),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
+        fields = {
+            key: value
+            for key, value in record.__dict__.items()
+            if key not in _STANDARD and not key.startswith("_")
         }
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = value
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            fields["exception"] = self.formatException(record.exc_info)
         elif record.exc_text:
-            entry["exception"] = record.exc_text
-        return orjson.dumps(entry, default=str).decode()
+            fields["exception"] = record.exc_text
+        message = record.getMessage()
+        return json_line(record.created, record.levelname, record.name, message, fields)
 
 
 class _QueueHandler(logging.handlers.QueueHandler):

@@ -265,16 +265,18 @@ class ResponseBody(httpx.AsyncByteStream):
         costs a task and a cross-thread wake-up per response."""
         conn = self._conn
         try:
-            while self._closed or not conn.body:
-                if self._closed or conn.complete:
-                    raise StopAsyncIteration
+            while not self._closed:
+                if conn.body:
+                    return conn.take_body()
+                if conn.complete:
+                    break
                 if conn.error is not None:
                     raise conn.error
                 await conn.wait(self._read_timeout)
+            raise StopAsyncIteration
         except BaseException:  # the end, an error, or a cancelled wait: the exchange is over
             self._finish()
             raise
-        return conn.take_body()
 
     async def aclose(self) -> None:
         self._finish()
