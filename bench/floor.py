@@ -9,9 +9,11 @@ the same h2load load as bench/proxy.py:
   provider  the same relay through our provider adapter (httpx API on our transport).
 
 If the gateway must add less than X to a stream, `bare` says how much of X grpc.aio takes
-before any work is done. Prints a Markdown table; loopback only, fixed stream counts.
+before any work is done. With `--processes N`, N copies of each server share one port
+(SO_REUSEPORT, as `llmproxy serve --workers N` does): the ceiling for N workers here.
+Prints a Markdown table; loopback only, fixed stream counts.
 
-    .venv/bin/python bench/floor.py [--streams 10000]
+    .venv/bin/python bench/floor.py [--streams 10000] [--processes 2]
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ sys.path.insert(0, str(BENCH_DIR))
 MODEL, PROVIDER, RID = "bench", "fake", "0" * 32
 
 
-async def serve(kind: str, upstream_port: int) -> None:
+async def serve(kind: str, upstream_port: int, port: int) -> None:
     """One server of `kind`; prints `PORT <n>` once it listens."""
     import grpc
 
@@ -56,7 +58,7 @@ async def serve(kind: str, upstream_port: int) -> None:
 
     server = grpc.aio.server()
     pb_grpc.add_LLMProxyServicer_to_server(Servicer(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     gc.freeze()
     print("PORT", port, flush=True)
@@ -153,9 +155,9 @@ class _RawConnection(asyncio.Protocol):
             self.waiter.set_result(None)
 
 
-def measure(kinds: list[str], streams: int) -> list[dict]:
+def measure(kinds: list[str], streams: int, processes: int = 1) -> list[dict]:
     from proxy_h2load import GRPC_HEADERS, QUERY_PATH, grpc_frame, run_h2load
-    from proxy_procs import cpu_seconds, spawn, start_upstream, wait_for_line
+    from proxy_procs import cpu_seconds, free_port, spawn, start_upstream, wait_for_line
 
     from llmproxy.v1 import llmproxy_pb2 as pb
 
@@ -168,10 +170,14 @@ def measure(kinds: list[str], streams: int) -> list[dict]:
     upstream = start_upstream(20, workdir)
     try:
         for kind in kinds:
+            # One process picks its own port; several share a fixed one.
+            port = free_port() if processes > 1 else 0
             argv = [sys.executable, __file__, "--serve", kind, "--upstream", str(upstream.port)]
-            proc = spawn(kind, argv, workdir / f"{kind}.log")
+            argv += ["--port", str(port)]
+            procs = [spawn(kind, argv, workdir / f"{kind}-{i}.log") for i in range(processes)]
             try:
-                port = int(wait_for_line(proc, lambda s: s.startswith("PORT "), 60).split()[1])
+                for proc in procs:
+                    port = int(wait_for_line(proc, lambda s: s.startswith("PORT "), 60).split()[1])
 
                 def load(c: int, n: int, tag: str, port: int = port, kind: str = kind):
                     return run_h2load(
@@ -180,16 +186,18 @@ def measure(kinds: list[str], streams: int) -> list[dict]:
                         headers=GRPC_HEADERS,
                         requests=n,
                         concurrency=c,
-                        streams_per_connection=16,
+                        # The kernel spreads connections, not streams, over processes.
+                        streams_per_connection=16 if processes == 1 else 4,
                         h1=False,
                         log_file=workdir / f"h2load-{kind}-{tag}.log",
                         timeout_s=120,
                     )
 
                 load(64, 2000, "warmup")
-                cpu0 = cpu_seconds(proc.pid)
+                cpu0 = sum(cpu_seconds(proc.pid) for proc in procs)
                 busy = load(64, streams, "c64")
-                cpu = (cpu_seconds(proc.pid) - cpu0) / max(busy.succeeded, 1) * 1000
+                cpu = sum(cpu_seconds(proc.pid) for proc in procs) - cpu0
+                cpu = cpu / max(busy.succeeded, 1) * 1000
                 single = load(1, streams // 5, "c1")
                 # A failed gRPC stream is an HTTP 200 to h2load; a whole answer is over 200 bytes.
                 ok = busy.succeeded == streams and single.succeeded == streams // 5
@@ -205,7 +213,8 @@ def measure(kinds: list[str], streams: int) -> list[dict]:
                     }
                 )
             finally:
-                proc.stop()
+                for proc in procs:
+                    proc.stop()
     finally:
         upstream.stop()
     return rows
@@ -214,15 +223,17 @@ def measure(kinds: list[str], streams: int) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=10000, help="streams at 64 concurrent")
+    parser.add_argument("--processes", type=int, default=1, help="processes per server")
     parser.add_argument("--serve", choices=("bare", "raw", "provider"), help=argparse.SUPPRESS)
     parser.add_argument("--upstream", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
         import uvloop
 
-        uvloop.run(serve(args.serve, args.upstream))
+        uvloop.run(serve(args.serve, args.upstream, args.port))
         return 0
-    rows = measure(["bare", "raw", "provider"], args.streams)
+    rows = measure(["bare", "raw", "provider"], args.streams, args.processes)
     print("| Server | Streams/s, 64 concurrent | CPU per stream | 1 stream p50 / p99 |")
     print("|---|---|---|---|")
     for r in rows:
