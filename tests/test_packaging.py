@@ -101,3 +101,10 @@ def test_the_stub_generator_is_pinned_to_the_version_that_wrote_generated():
     so an unpinned one would fail CI on its next release with no change here."""
     (pin,) = _requirements("dev")["grpcio-tools"].specifier
     assert (pin.operator, Version(pin.version)) == ("==", _grpc_generated_version())
+
+
+def test_the_linter_is_pinned():
+    """`make lint` fails on whatever a new ruff release adds to the selected rules or the
+    format, so an unpinned ruff would fail CI with no change here."""
+    (pin,) = _requirements("dev")["ruff"].specifier
+    assert pin.operator == "=="
