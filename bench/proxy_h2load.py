@@ -109,6 +109,8 @@ def run_h2load(
     if h1:
         argv.append("--h1")
     argv.append(url)
+    # h2load appends to its log: a file left by an earlier run would mix its latencies in.
+    log_file.unlink(missing_ok=True)
     out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
     text = out.stdout + out.stderr
     finished, counts, data = _FINISHED.search(text), _REQUESTS.search(text), _DATA.search(text)
