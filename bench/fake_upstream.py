@@ -5,7 +5,9 @@ HTTP/1.1 request (keep-alive), skips the body and streams the same SSE reply
 the real API sends (a role chunk, N content chunks, a finish chunk, a usage
 chunk, `[DONE]`), each SSE event as its own HTTP chunk and its own socket
 write. The cost per stream is a few microseconds, so what a benchmark sees is
-the client's or the gateway's cost, not this server's.
+the client's or the gateway's cost, not this server's. With `--interval-ms`, the
+content chunks are spaced as a model generates them, so each reaches the gateway
+in a read of its own (and leaves it as a gRPC message of its own).
 
     python bench/fake_upstream.py --port 0 --chunks 20   # prints "READY <port>"
 
@@ -105,12 +107,15 @@ class Counter:
 class UpstreamProtocol(asyncio.Protocol):
     """One keep-alive connection: parse request heads, skip bodies, write canned answers."""
 
-    __slots__ = ("buffer", "counter", "models", "stream", "transport")
+    __slots__ = ("buffer", "counter", "interval_s", "models", "stream", "transport")
 
-    def __init__(self, stream: list[bytes], models: bytes, counter: Counter) -> None:
+    def __init__(
+        self, stream: list[bytes], models: bytes, counter: Counter, interval_s: float = 0.0
+    ) -> None:
         self.stream = stream
         self.models = models
         self.counter = counter
+        self.interval_s = interval_s
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
 
@@ -137,6 +142,9 @@ class UpstreamProtocol(asyncio.Protocol):
         assert transport is not None
         if head.startswith(b"post ") and b"/chat/completions " in head:
             self.counter.streams += 1
+            if self.interval_s:
+                self.pace(0)
+                return
             for part in self.stream:
                 transport.write(part)
         elif head.startswith(b"get ") and b"/models " in head:
@@ -148,12 +156,23 @@ class UpstreamProtocol(asyncio.Protocol):
         if b"connection: close" in head:
             transport.close()
 
+    def pace(self, i: int) -> None:
+        """Write part `i` (the head and role chunk first), the next one `interval_s` later."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.transport.write(self.stream[i])
+        if i + 1 < len(self.stream):
+            asyncio.get_running_loop().call_later(self.interval_s, self.pace, i + 1)
 
-async def serve(host: str, port: int, chunks: int) -> None:
+
+async def serve(host: str, port: int, chunks: int, interval_ms: float = 0.0) -> None:
     loop = asyncio.get_running_loop()
     stream, models, counter = build_stream(chunks), build_models(), Counter()
     server = await loop.create_server(
-        lambda: UpstreamProtocol(stream, models, counter), host, port, backlog=1024
+        lambda: UpstreamProtocol(stream, models, counter, interval_ms / 1000),
+        host,
+        port,
+        backlog=1024,
     )
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -168,13 +187,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--chunks", type=int, default=20, help="content chunks per answer")
+    parser.add_argument(
+        "--interval-ms", type=float, default=0.0, help="time between an answer's chunks"
+    )
     args = parser.parse_args(argv)
     try:
         import uvloop
     except ImportError:  # pragma: no cover
-        asyncio.run(serve(args.host, args.port, args.chunks))
+        asyncio.run(serve(args.host, args.port, args.chunks, args.interval_ms))
     else:
-        uvloop.run(serve(args.host, args.port, args.chunks))
+        uvloop.run(serve(args.host, args.port, args.chunks, args.interval_ms))
     return 0
 
 

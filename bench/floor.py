@@ -155,7 +155,9 @@ class _RawConnection(asyncio.Protocol):
             self.waiter.set_result(None)
 
 
-def measure(kinds: list[str], streams: int, processes: int = 1) -> list[dict]:
+def measure(
+    kinds: list[str], streams: int, processes: int = 1, interval_ms: float = 0.0
+) -> list[dict]:
     from proxy_h2load import GRPC_HEADERS, QUERY_PATH, grpc_frame, run_h2load
     from proxy_procs import cpu_seconds, free_port, spawn, start_upstream, wait_for_line
 
@@ -167,7 +169,7 @@ def measure(kinds: list[str], streams: int, processes: int = 1) -> list[dict]:
     body = workdir / "query.grpc"
     query = pb.QueryRequest(query="Write one short sentence about benchmarks.", model=MODEL)
     body.write_bytes(grpc_frame(query.SerializeToString()))
-    upstream = start_upstream(20, workdir)
+    upstream = start_upstream(20, workdir, interval_ms)
     try:
         for kind in kinds:
             # One process picks its own port; several share a fixed one.
@@ -224,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=10000, help="streams at 64 concurrent")
     parser.add_argument("--processes", type=int, default=1, help="processes per server")
+    parser.add_argument(
+        "--interval-ms", type=float, default=0.0, help="the fake upstream's time between chunks"
+    )
     parser.add_argument("--serve", choices=("bare", "raw", "provider"), help=argparse.SUPPRESS)
     parser.add_argument("--upstream", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -233,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
 
         uvloop.run(serve(args.serve, args.upstream, args.port))
         return 0
-    rows = measure(["bare", "raw", "provider"], args.streams, args.processes)
+    rows = measure(["bare", "raw", "provider"], args.streams, args.processes, args.interval_ms)
     print("| Server | Streams/s, 64 concurrent | CPU per stream | 1 stream p50 / p99 |")
     print("|---|---|---|---|")
     for r in rows:

@@ -350,6 +350,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="fewer streams")
     parser.add_argument("--chunks", type=int, default=20, help="content chunks per answer")
     parser.add_argument(
+        "--interval-ms", type=float, default=0.0, help="time between the upstream's chunks"
+    )
+    parser.add_argument(
         "--with-gateway", action="store_true", help="also measure llmproxy at 64 streams"
     )
     parser.add_argument("--gateway-workers", type=int, default=1, help="llmproxy serve --workers")
@@ -376,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     root = PEERS_DIR / f"portkey-{PORTKEY_VERSION}"
     started = time.monotonic()
     load_before = os.getloadavg()
-    upstream = start_upstream(args.chunks, workdir)
+    upstream = start_upstream(args.chunks, workdir, args.interval_ms)
     try:
         script = install_portkey(root)
         bench = PeerBench(args, workdir, upstream.port)
@@ -403,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
             "hono_node_server_version": installed_version(root, "@hono/node-server"),
             "node": node,
             "chunks": args.chunks,
+            "interval_ms": args.interval_ms,
             "cpus": len(os.sched_getaffinity(0)),
             "seconds": round(time.monotonic() - started, 1),
             # Other work on the machine skews every figure; this says how busy it was.

@@ -233,6 +233,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="fewer streams (about 30 s)")
     parser.add_argument("--chunks", type=int, default=20, help="content chunks per answer")
     parser.add_argument(
+        "--interval-ms",
+        type=float,
+        default=0.0,
+        help="time between the upstream's chunks, so each is a gRPC message of its own "
+        "(a full run then takes minutes: use --quick)",
+    )
+    parser.add_argument(
         "--streams-per-connection",
         type=int,
         default=16,
@@ -257,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     load_before = os.getloadavg()
-    upstream = start_upstream(args.chunks, workdir)
+    upstream = start_upstream(args.chunks, workdir, args.interval_ms)
     try:
         gateway = start_gateway(upstream.port, workdir, args.workers)
         try:
@@ -276,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             "commit": git_commit(),
             "time": stamp,
             "chunks": args.chunks,
+            "interval_ms": args.interval_ms,
             "workers": args.workers,
             "streams_per_connection": args.streams_per_connection,
             "python": platform.python_version(),

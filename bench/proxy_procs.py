@@ -73,8 +73,9 @@ def wait_for_line(proc: Proc, match, timeout: float) -> str:
     raise RuntimeError(f"{proc.name} did not start within {timeout:.0f}s; log tail:\n{tail}")
 
 
-def start_upstream(chunks: int, log_dir: Path) -> Proc:
+def start_upstream(chunks: int, log_dir: Path, interval_ms: float = 0.0) -> Proc:
     argv = [sys.executable, str(BENCH_DIR / "fake_upstream.py"), "--chunks", str(chunks)]
+    argv += ["--interval-ms", str(interval_ms)]
     proc = spawn("fake upstream", argv, log_dir / "fake_upstream.log")
     line = wait_for_line(proc, lambda s: s.startswith("READY "), timeout=15)
     proc.port = int(line.split()[1])

@@ -37,6 +37,11 @@ def _load(meta: dict, when: str) -> str:
     return "/".join(f"{v:.1f}" for v in values) or "?"
 
 
+def _pacing(meta: dict) -> str:
+    interval = meta.get("interval_ms") or 0
+    return f" {interval:g} ms apart" if interval else ""
+
+
 def render_markdown(report: dict, baseline: dict | None = None) -> str:
     rows: list[Row] = []
 
@@ -115,7 +120,8 @@ def render_markdown(report: dict, baseline: dict | None = None) -> str:
     lines.append(
         f"{meta['mode']} run, commit {meta['commit']}, {meta['cpus']} CPUs, "
         f"{meta.get('workers', 1)} gateway worker(s), "
-        f"Python {meta['python']}, {meta['chunks']} chunks per answer, "
+        f"Python {meta['python']}, {meta['chunks']} chunks per answer"
+        f"{_pacing(meta)}, "
         f"{meta['streams_per_connection']} gRPC streams per h2load connection, "
         f"{meta['seconds']} s; "
         f"load average {_load(meta, 'before')} before, {_load(meta, 'after')} after."
