@@ -143,7 +143,7 @@ class UpstreamProtocol(asyncio.Protocol):
         if head.startswith(b"post ") and b"/chat/completions " in head:
             self.counter.streams += 1
             if self.interval_s:
-                self.pace(0)
+                self.pace(0, close=b"connection: close" in head)
                 return
             for part in self.stream:
                 transport.write(part)
@@ -156,13 +156,16 @@ class UpstreamProtocol(asyncio.Protocol):
         if b"connection: close" in head:
             transport.close()
 
-    def pace(self, i: int) -> None:
+    def pace(self, i: int, close: bool) -> None:
         """Write part `i` (the head and role chunk first), the next one `interval_s` later."""
-        if self.transport is None or self.transport.is_closing():
+        transport = self.transport
+        if transport is None or transport.is_closing():
             return
-        self.transport.write(self.stream[i])
+        transport.write(self.stream[i])
         if i + 1 < len(self.stream):
-            asyncio.get_running_loop().call_later(self.interval_s, self.pace, i + 1)
+            asyncio.get_running_loop().call_later(self.interval_s, self.pace, i + 1, close)
+        elif close:
+            transport.close()
 
 
 async def serve(host: str, port: int, chunks: int, interval_ms: float = 0.0) -> None:
