@@ -122,6 +122,10 @@ class UpstreamError(LLMProxyError):
     """A provider call failed; `provider` names the configured provider, never its key."""
 
     reason = "UPSTREAM_ERROR"
+    # Whether the failure says the deployment is unhealthy although retrying would not help
+    # (our rejected key, our adapter's bug); retryable failures say so anyway. A caller's
+    # bad request or an exhausted quota says nothing about it.
+    unhealthy = False
 
     def __init__(
         self,
@@ -163,6 +167,7 @@ class UpstreamAuthError(UpstreamError):
     """The provider rejected *our* credentials: an operator problem, not the caller's."""
 
     reason = "UPSTREAM_AUTH_FAILED"
+    unhealthy = True
 
 
 class UpstreamInvalidRequestError(UpstreamError):
@@ -188,3 +193,4 @@ class AdapterFailedError(UpstreamProtocolError):
     to the next candidate and counts against the deployment's circuit."""
 
     retryable = False
+    unhealthy = True

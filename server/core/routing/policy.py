@@ -11,12 +11,7 @@ from collections.abc import Sequence
 
 from llmproxy.server.config.routing import ResilienceConfig, RetryConfig
 from llmproxy.server.core.deployments import Deployment
-from llmproxy.server.errors import (
-    AdapterFailedError,
-    UpstreamAuthError,
-    UpstreamContextTooLongError,
-    UpstreamError,
-)
+from llmproxy.server.errors import UpstreamContextTooLongError, UpstreamError
 
 
 def backoff_s(tries: int, retries: RetryConfig, rng: random.Random) -> float:
@@ -54,12 +49,8 @@ def falls_back(error: UpstreamError, resilience: ResilienceConfig) -> bool:
 
 
 def counts_against(error: UpstreamError) -> bool:
-    """Whether the failure says the deployment is unhealthy (feeds its circuit breaker).
-
-    A caller's bad request says nothing about the deployment; our rejected key does, and
-    so does an adapter that fails on its answers.
-    """
-    return error.retryable or isinstance(error, UpstreamAuthError | AdapterFailedError)
+    """Whether the failure says the deployment is unhealthy (feeds its circuit breaker)."""
+    return error.retryable or error.unhealthy
 
 
 def remaining_after(
